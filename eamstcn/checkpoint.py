@@ -1,0 +1,154 @@
+"""Checkpoints: one file with a format tag, a version, the model config, the weights and
+optional training state. Written atomically; read only with ``weights_only=True``.
+
+Torch only at import time (the network is imported lazily in :func:`build_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from eamstcn.config import ModelConfig
+
+if TYPE_CHECKING:
+    from eamstcn.network import EamStcn
+
+FORMAT_TAG = "eamstcn-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line meant for the user."""
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    training: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename over it.
+
+    A crash or Ctrl-C mid-write leaves the previous file intact, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: EamStcn,
+    training: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model``'s config and weights (and optional training state) atomically.
+
+    ``training`` may hold optimiser/scheduler state dicts, step counters and RNG state
+    as tensors and plain Python values (whatever ``weights_only`` loading accepts).
+    """
+    payload = {
+        "format": FORMAT_TAG,
+        "version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "weights": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        "training": training,
+        "metadata": metadata or {},
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint; raises :class:`CheckpointError` with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise CheckpointError(
+                f"{path} contains pickled Python objects; refusing to load it "
+                "(only weights-only EamStcn checkpoints are accepted)"
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint file") from None
+    except Exception:  # torch raises many types on arbitrary bytes (KeyError, RuntimeError, ...)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint file (unreadable or truncated)") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
+        raise CheckpointError(f"{path} is not an EamStcn checkpoint (no '{FORMAT_TAG}' format tag)")
+    version = payload.get("version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; this eamstcn reads version {FORMAT_VERSION}")
+    try:
+        config = ModelConfig.from_dict(dict(payload["model_config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} has an invalid model config: {error}") from None
+    weights = payload.get("weights")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path} has no weights table")
+    return Checkpoint(config=config, weights=weights, training=payload.get("training"), metadata=payload.get("metadata") or {})
+
+
+def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming the first keys that do not fit ``model``."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in weights]
+    unexpected = [key for key in weights if key not in own]
+    mismatched = [key for key in own if key in weights and weights[key].shape != own[key].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing[:3]}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}")
+    if mismatched:
+        first = mismatched[0]
+        problems.append(
+            f"shape mismatch at {mismatched[:3]} (e.g. {first}: file {tuple(weights[first].shape)} vs model {tuple(own[first].shape)})"
+        )
+    if problems:
+        raise CheckpointError(f"weights in {source} do not fit its model config: " + "; ".join(problems))
+
+
+def build_model(checkpoint: Checkpoint, source: str = "checkpoint") -> EamStcn:
+    """The network described by ``checkpoint``, with its weights, in eval mode on the CPU."""
+    from eamstcn.network import EamStcn
+
+    model = EamStcn(checkpoint.config)
+    check_weights_fit(model, checkpoint.weights, source)
+    model.load_state_dict(checkpoint.weights)
+    return model.eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> EamStcn:
+    """Checkpoint file -> network on ``device`` in eval mode."""
+    return build_model(load_checkpoint(path), str(path)).to(device)
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
