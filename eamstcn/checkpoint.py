@@ -10,6 +10,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {path}")
+    if not zipfile.is_zipfile(path):
+        # Every torch.save since 1.6 writes a zip archive; anything else is not ours.
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint file")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

@@ -5,8 +5,11 @@ Layout, as the official DAVIS-2017 evaluation reads it (DESIGN.md section 5):
     gt_root/Annotations/<resolution>/<seq>/00000.png ...   ground truth
     pred_root/<seq>/00000.png ...                          predictions (indexed PNG ids)
 
-Frames are the ground-truth file names; the first and last are excluded, so prediction
-files for those two may be missing. Scores are averaged over all objects of all sequences,
+Masks are read with ``eamstcn.data.davis_io.read_mask``: palette indices are object ids,
+and a DAVIS-2016 0/255 mask is object 1. The DAVIS void label 255 is never an object (the
+official code turns it into background, which scores the same). Frames are the
+ground-truth file names; the first and last are excluded, so prediction files for those
+two may be missing. Scores are averaged over all objects of all sequences,
 like the official code (a sequence with three objects weighs three times one with one).
 """
 
@@ -15,14 +18,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from eamstcn.evaluation.metrics import VOID_ID, evaluate_sequence, object_statistics
+from eamstcn.data.davis_io import read_mask
+from eamstcn.evaluation.metrics import evaluate_sequence, object_statistics
 
 __all__ = ["EvalResult", "ObjectResult", "evaluate_predictions", "SUMMARY_KEYS", "ROW_KEYS"]
 
@@ -30,26 +33,6 @@ __all__ = ["EvalResult", "ObjectResult", "evaluate_predictions", "SUMMARY_KEYS",
 SUMMARY_KEYS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 #: Keys of one per-object row (``EvalResult.per_sequence_rows``).
 ROW_KEYS = ("Sequence", "Object", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
-
-
-def _read_ids(path: Path) -> np.ndarray:
-    """Read a DAVIS mask PNG as (H, W) uint8 object ids.
-
-    Palette ('P') images give their indices; greyscale gives its values. A mask holding
-    only 0 and 255 is a DAVIS-2016 single-object mask: 255 becomes object 1. Otherwise
-    255 is the DAVIS void label and becomes background, as the official reader does.
-    """
-    with Image.open(path) as img:
-        if img.mode == "1":
-            return np.asarray(img, dtype=np.uint8)
-        if img.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected an indexed (P) or greyscale (L) PNG, got mode {img.mode}")
-        ids = np.array(img, dtype=np.uint8)
-    present = np.unique(ids)
-    if present[-1] == 255 and np.all(np.isin(present, (0, 255))):
-        return (ids == 255).astype(np.uint8)
-    ids[ids == VOID_ID] = 0
-    return ids
 
 
 @dataclass(frozen=True)
@@ -139,17 +122,15 @@ class EvalResult:
 
 def _write_rows_atomic(path: Path, rows: list[list[str]]) -> None:
     # The temp file lives in the target folder so os.replace is a same-filesystem rename.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A unique name opened with "x" rather than mkstemp: mkstemp's 0600 mode would
+    # survive the rename, leaving results unreadable to other users.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        with open(tmp, "x", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerows(rows)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _load_sequence(gt_dir: Path, pred_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +142,7 @@ def _load_sequence(gt_dir: Path, pred_dir: Path) -> tuple[np.ndarray, np.ndarray
     gt_files = sorted(gt_dir.glob("*.png"))
     if not gt_files:
         raise FileNotFoundError(f"no ground-truth PNGs in {gt_dir}")
-    gt = np.stack([_read_ids(p) for p in gt_files])
+    gt = np.stack([read_mask(p) for p in gt_files])
     pred = np.zeros_like(gt)
     for t, gt_file in enumerate(gt_files):
         pred_file = pred_dir / gt_file.name
@@ -169,7 +150,7 @@ def _load_sequence(gt_dir: Path, pred_dir: Path) -> tuple[np.ndarray, np.ndarray
             if t == 0 or t == len(gt_files) - 1:
                 continue
             raise FileNotFoundError(f"missing prediction {pred_file}")
-        p = _read_ids(pred_file)
+        p = read_mask(pred_file)
         if p.shape != gt.shape[1:]:
             raise ValueError(f"{pred_file}: size {p.shape} differs from the ground truth {gt.shape[1:]}")
         pred[t] = p

@@ -126,7 +126,14 @@ def load_trunk_weights(trunk: Trunk, path: str | Path) -> list[str]:
 
     own = trunk.state_dict()
     stem_key = "conv_stem.weight"
-    if stem_key in state and stem_key in own and state[stem_key].shape != own[stem_key].shape:
+    widenable = (
+        stem_key in state
+        and state[stem_key].shape[1] == 3
+        and own[stem_key].shape[1] > 3
+        and state[stem_key].shape[0] == own[stem_key].shape[0]
+        and state[stem_key].shape[2:] == own[stem_key].shape[2:]
+    )
+    if widenable:
         rgb = state[stem_key]
         widened = torch.zeros_like(own[stem_key])
         widened[:, : rgb.shape[1]] = rgb
