@@ -1,0 +1,255 @@
+"""The bench: one clip, one mask, every available backend, in one process.
+
+The PyTorch eager fp32 path runs first and is the baseline for speed-up and mask
+agreement. Without ``--checkpoint`` a default B1/B1 network with random weights is
+built; without ``--engines`` it is exported to a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eamstcn.bench.clip import Clip, footage_clip, generated_clip
+from eamstcn.bench.config import BACKEND_NAMES, BASELINE, BenchConfig
+from eamstcn.bench.measure import mask_agreement, run_clip, summarise
+from eamstcn.bench.results import BackendResult
+from eamstcn.runtime.config import MemoryConfig, SaveConfig
+from eamstcn.runtime.engines.base import EngineSet
+from eamstcn.runtime.engines.factory import open_engines
+
+Notify = Callable[[str], None]
+
+#: name -> (runtime backend, device type, precision)
+_SPECS: dict[str, tuple[str, str, str]] = {
+    "torch-fp32": ("torch", "best", "fp32"),
+    "torch-fp16": ("torch", "cuda", "fp16"),
+    "onnxruntime-cpu": ("onnxruntime", "cpu", "fp32"),
+    "onnxruntime-cuda-fp32": ("onnxruntime", "cuda", "fp32"),
+    "onnxruntime-cuda-fp16": ("onnxruntime", "cuda", "fp16"),
+    "tensorrt-fp16": ("tensorrt", "cuda", "fp16"),
+}
+
+
+@dataclass
+class BenchReport:
+    header: dict[str, Any]
+    results: list[BackendResult]
+    sweeps: dict[str, Any] = field(default_factory=dict)
+
+
+def _device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+        else:
+            name = platform.processor() or platform.machine()
+    except OSError:
+        name = platform.processor() or platform.machine()
+    return f"CPU {name} ({torch.get_num_threads()} threads)"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for module in ("onnxruntime", "tensorrt", "timm"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = "not installed"
+    from eamstcn import __version__
+
+    versions["eamstcn"] = __version__
+    return versions
+
+
+def _unavailable(name: str, device: torch.device, engines_dir: Path | None, checkpoint: Path | None) -> str | None:
+    """Why ``name`` cannot run here, or None."""
+    backend, wanted, precision = _SPECS[name]
+    if wanted == "cuda" and device.type != "cuda":
+        return "needs CUDA"
+    if backend == "torch":
+        if checkpoint is None:
+            return "needs --checkpoint"
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            return "timm not installed (pip install 'eamstcn[model]')"
+        return None
+    if engines_dir is None:
+        return "no engines folder"
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime not installed"
+        if wanted == "cuda":
+            from eamstcn.runtime.engines.onnxruntime_engine import cuda_provider_available
+
+            if not cuda_provider_available():
+                return "onnxruntime has no CUDA provider (pip install 'eamstcn[gpu]')"
+        return None
+    from eamstcn.runtime.engines.tensorrt_engine import tensorrt_available
+
+    if not tensorrt_available():
+        return "tensorrt not installed"
+    return None
+
+
+def _open(name: str, device: torch.device, engines_dir: Path | None, checkpoint: Path | None) -> EngineSet:
+    backend, wanted, precision = _SPECS[name]
+    target = device if wanted in ("best", "cuda") else torch.device("cpu")
+    return open_engines(engines_dir=engines_dir, checkpoint=checkpoint, backend=backend, device=target, precision=precision)
+
+
+def _prepare(config: BenchConfig, device: torch.device, workdir: Path, notify: Notify) -> tuple[Path | None, Path | None, tuple[int, int]]:
+    """(checkpoint, engines folder, frame size): given, or built into ``workdir``."""
+    checkpoint = config.checkpoint
+    size = config.size or ((480, 854) if device.type == "cuda" else (240, 432))
+    if config.engines is not None:
+        from eamstcn.runtime.manifest import load_manifest
+
+        size = load_manifest(config.engines).frame_size
+        return checkpoint, config.engines, size
+    if checkpoint is None:
+        from eamstcn.checkpoint import save_checkpoint
+        from eamstcn.network import EamStcn
+
+        notify("building the default B1/B1 EamStcn with random weights (pass --checkpoint for yours)")
+        torch.manual_seed(config.seed)
+        checkpoint = workdir / "random-b1.pth"
+        save_checkpoint(checkpoint, EamStcn())
+    from eamstcn.export.bundle import ExportConfig, export_bundle
+
+    notify(f"exporting engines at {size[0]}x{size[1]} to a temporary folder")
+    engines_dir = workdir / "engines"
+    export_bundle(
+        ExportConfig(checkpoint=checkpoint, out=engines_dir, fp16=device.type == "cuda", frame_size=size, max_objects=max(4, config.objects)),
+        progress=lambda message: notify(f"  export: {message}"),
+    )
+    return checkpoint, engines_dir, size
+
+
+def _clip(config: BenchConfig, size: tuple[int, int], count: int, objects: int) -> Clip:
+    if config.video is not None or config.frames_dir is not None:
+        return footage_clip(config.video, config.frames_dir, config.mask, count)
+    return generated_clip(size[0], size[1], count, objects, config.seed)
+
+
+def _measure(
+    names: list[str], clip: Clip, device: torch.device, engines_dir: Path | None, checkpoint: Path | None,
+    memory: MemoryConfig, save: SaveConfig, warmup: int, notify: Notify,
+) -> list[BackendResult]:
+    results: list[BackendResult] = []
+    reference = None
+    baseline_fps = None
+    for name in names:
+        reason = _unavailable(name, device, engines_dir, checkpoint)
+        if reason is not None:
+            results.append(BackendResult.skipped(name, reason))
+            continue
+        try:
+            engines = _open(name, device, engines_dir, checkpoint)
+        except ValueError as error:  # EngineError / ManifestError: a reason, not a crash
+            results.append(BackendResult.skipped(name, str(error)))
+            continue
+        with engines:
+            notify(f"{name}: {engines.describe()}")
+            if warmup:
+                run_clip(engines, clip, memory, save, frames=warmup + 1)
+            record = run_clip(engines, clip, memory, save)
+        result = summarise(name, engines, record)
+        if name == BASELINE:
+            reference, baseline_fps = record.labels, result.fps
+        if reference is not None:
+            result.iou_mean, result.iou_min = mask_agreement(record.labels, reference)
+        if baseline_fps:
+            result.speedup = result.fps / baseline_fps
+        notify(f"{name}: {result.fps:.2f} FPS, median {result.frame_median_ms:.1f} ms/frame")
+        results.append(result)
+    return results
+
+
+def _sweeps(config: BenchConfig, names: list[str], device: torch.device, engines_dir: Path | None,
+            checkpoint: Path | None, size: tuple[int, int], count: int, warmup: int, notify: Notify) -> dict[str, Any]:
+    """FPS against stored memory frames (1..C) and against the object count (1..4)."""
+    sweeps: dict[str, Any] = {}
+    if config.sweep in ("memory", "both"):
+        # Save every frame into a bank of capacity c, and time the frames that do not
+        # need the value encoder: the cost of tracking with c frames in memory.
+        capacities = sorted({c for c in (2, 4, 8, 16, 32, 64) if c <= config.memory_frames} | {config.memory_frames})
+        clip = _clip(config, size, count, config.objects)
+        fps: dict[str, list[float]] = {}
+        for capacity in capacities:
+            notify(f"sweep: memory of {capacity} frames")
+            rows = _measure(names, clip, device, engines_dir, checkpoint, MemoryConfig(capacity=capacity),
+                            SaveConfig(mode="fixed", save_every=1), warmup, notify)
+            for row in rows:
+                if row.status == "ok":
+                    tracking = row.frame_median_ms - (row.stages["value_encoder"].median_ms if "value_encoder" in row.stages else 0.0)
+                    fps.setdefault(row.backend, []).append(1000.0 / tracking)
+        sweeps["memory"] = {"label": "memory frames", "x": capacities, "fps": fps}
+    if config.sweep in ("objects", "both"):
+        counts = [1, 2, 3, 4]
+        fps = {}
+        for objects in counts:
+            notify(f"sweep: {objects} object(s)")
+            clip = _clip(config, size, count, objects)
+            rows = _measure(names, clip, device, engines_dir, checkpoint, MemoryConfig(capacity=config.memory_frames),
+                            SaveConfig(mode=config.save), warmup, notify)
+            for row in rows:
+                if row.status == "ok":
+                    fps.setdefault(row.backend, []).append(row.fps)
+        sweeps["objects"] = {"label": "objects", "x": counts, "fps": fps}
+    return sweeps
+
+
+def run_bench(config: BenchConfig, notify: Notify = lambda m: print(m, file=sys.stderr)) -> BenchReport:
+    """Measure every requested backend on one clip; see the module docstring."""
+    device = _device(config.device)
+    count = config.frames_count or (200 if device.type == "cuda" else 40)
+    warmup = config.warmup if config.warmup is not None else (20 if device.type == "cuda" else 3)
+    requested = list(config.backends or BACKEND_NAMES)
+    if BASELINE not in requested:
+        notify(f"note: {BASELINE} not requested: no speed-up or IoU agreement figures")
+    with tempfile.TemporaryDirectory(prefix="eamstcn-bench-") as temp:
+        checkpoint, engines_dir, size = _prepare(config, device, Path(temp), notify)
+        clip = _clip(config, size, count, config.objects)
+        memory = MemoryConfig(capacity=config.memory_frames)
+        save = SaveConfig(mode=config.save)
+        names = requested
+        skipped_cpu = []
+        if config.backends is None and device.type == "cuda":
+            # The CPU provider at GPU sizes takes minutes and says nothing about the GPU.
+            names = [name for name in requested if name != "onnxruntime-cpu"]
+            skipped_cpu = [BackendResult.skipped("onnxruntime-cpu", "CPU provider left out on a CUDA machine; name it in --backends to run it")]
+        results = _measure(names, clip, device, engines_dir, checkpoint, memory, save, warmup, notify) + skipped_cpu
+        sweeps = {}
+        if config.sweep != "none":
+            sweeps = _sweeps(config, [r.backend for r in results if r.status == "ok"], device, engines_dir, checkpoint, size, count, warmup, notify)
+    header = {
+        "device": device_name(device),
+        "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
+        "clip": f"{clip.name}, {len(clip.frames)} frames of {clip.frames.shape[1]}x{clip.frames.shape[2]}",
+        "size": f"{size[0]}x{size[1]} (engines input, padded to multiples of 16)",
+        "objects": clip.num_objects,
+        "memory": f"capacity {config.memory_frames} frames, {config.save} save, top-20",
+        "warmup": f"{warmup} frames (separate pass, excluded)",
+    }
+    return BenchReport(header, results, sweeps)
