@@ -122,7 +122,7 @@ def summarise(backend: str, engines: EngineSet, record: RunRecord) -> BackendRes
         fps=frames / record.elapsed_s if record.elapsed_s > 0 else float("nan"),
         frame_median_ms=statistics.median(record.totals_ms),
         frame_p90_ms=percentile(record.totals_ms, 90),
-        stages={name: StageTiming.from_samples(ms) for name, ms in record.stages_ms.items()},
+        stages={name: StageTiming.from_samples(ms, frames) for name, ms in record.stages_ms.items()},
         outside_networks_fraction=(total_ms - network_ms) / total_ms,
         peak_host_mb=record.peak_host_mb,
         peak_device_mb=record.peak_device_mb,

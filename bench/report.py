@@ -116,10 +116,10 @@ def write_plot(path: str | Path, header: dict[str, Any], results: list[BackendRe
 
     bottom = [0.0] * len(measured)
     for stage in stages:
-        heights = [result.stages[stage].median_ms if stage in result.stages else 0.0 for result in measured]
+        heights = [result.stages[stage].per_frame_ms if stage in result.stages else 0.0 for result in measured]
         axes[1].bar(names, heights, bottom=bottom, label=stage)
         bottom = [b + h for b, h in zip(bottom, heights)]
-    axes[1].set_title("median ms per stage (stacked)")
+    axes[1].set_title("mean ms per frame by stage (stacked)")
     axes[1].legend(fontsize=7)
     axes[1].tick_params(axis="x", rotation=30)
 

@@ -23,13 +23,19 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class StageTiming:
+    """Median and p90 over the frames where the stage ran (``calls``); ``per_frame_ms``
+    spreads its total over every measured frame (the value encoder runs only on stored
+    frames, so its median alone overstates what it costs a stream)."""
+
     median_ms: float
     p90_ms: float
     calls: int
+    per_frame_ms: float
 
     @classmethod
-    def from_samples(cls, samples_ms: list[float]) -> "StageTiming":
-        return cls(statistics.median(samples_ms), percentile(samples_ms, 90), len(samples_ms))
+    def from_samples(cls, samples_ms: list[float], frames: int | None = None) -> "StageTiming":
+        frames = frames or len(samples_ms)
+        return cls(statistics.median(samples_ms), percentile(samples_ms, 90), len(samples_ms), sum(samples_ms) / frames)
 
 
 @dataclass
@@ -66,6 +72,7 @@ class BackendResult:
             timing = self.stages.get(name)
             row[f"{name}_median_ms"] = timing.median_ms if timing else float("nan")
             row[f"{name}_p90_ms"] = timing.p90_ms if timing else float("nan")
+            row[f"{name}_per_frame_ms"] = timing.per_frame_ms if timing else float("nan")
         return row
 
 
