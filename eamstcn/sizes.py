@@ -7,7 +7,7 @@ import re
 _SIZE = re.compile(r"(\d+)(?:\s*[xX*]\s*(\d+))?")
 
 
-def parse_size(text: str, min_side: int = 32, max_side: int = 4096) -> tuple[int, int]:
+def parse_size(text: str, min_side: int = 1, max_side: int = 8192) -> tuple[int, int]:
     """``"480x854"`` -> (480, 854) as (height, width); ``"480"`` -> (480, 854): the short
     side of a 16:9 frame, long side rounded to an even number. Raises ValueError."""
     match = _SIZE.fullmatch(text.strip())

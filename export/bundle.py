@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eamstcn import ops
+from eamstcn import ops, sizes
 from eamstcn.checkpoint import CheckpointError, build_model, file_sha256, load_checkpoint
 from eamstcn.export import fp16 as fp16_graphs
 from eamstcn.export.destination import staged_bundle
@@ -95,16 +94,12 @@ class ExportResult:
 def parse_size(text: str) -> tuple[int, int]:
     """``"480"`` -> (480, 854): short side, 16:9 assumed; ``"360x640"`` -> (360, 640) as H x W.
 
-    The 16:9 long side is rounded to the nearest even number (480 -> 854, 240 -> 426).
+    Range checks are :func:`validate`'s, so a small size gets the "too small" message.
     """
-    text = text.strip().lower()
-    match = re.fullmatch(r"(\d+)(?:\s*[x*]\s*(\d+))?", text)
-    if match is None:
-        raise ExportError(f"invalid --size {text!r}: give the short side (480, 16:9 assumed) or HxW (480x854)")
-    if match.group(2) is None:
-        short = int(match.group(1))
-        return short, 2 * round(short * 16 / 9 / 2)
-    return int(match.group(1)), int(match.group(2))
+    try:
+        return sizes.parse_size(text)
+    except ValueError as error:
+        raise ExportError(f"--size: {error}") from None
 
 
 def validate(config: ExportConfig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,11 +9,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from eamstcn import sizes
 from eamstcn.data.synth import SyntheticSequence, VideoWriteError, generate_dataset, write_video
 
 __all__ = ["app", "main", "parse_size"]
 
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 _MIN_SIDE, _MAX_SIDE = 32, 4096
 
 
@@ -23,16 +22,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
     Raises ``typer.BadParameter`` with a one-line reason otherwise.
     """
-    match = _SIZE.match(text)
-    if match is None:
-        raise typer.BadParameter(f"expected HEIGHTxWIDTH such as 96x160, got {text!r}", param_hint="'--size'")
-    height, width = int(match.group(1)), int(match.group(2))
-    if not (_MIN_SIDE <= height <= _MAX_SIDE and _MIN_SIDE <= width <= _MAX_SIDE):
-        raise typer.BadParameter(
-            f"each side must be in {_MIN_SIDE}..{_MAX_SIDE} pixels, got {height}x{width}",
-            param_hint="'--size'",
-        )
-    return height, width
+    try:
+        if "x" not in text.lower():  # a bare short side is an export/bench shorthand, not ours
+            raise ValueError
+        return sizes.parse_size(text, _MIN_SIDE, _MAX_SIDE)
+    except ValueError as error:
+        reason = str(error) if "each side" in str(error) else f"expected HEIGHTxWIDTH such as 96x160, got {text!r}"
+        raise typer.BadParameter(reason, param_hint="'--size'") from None
 
 
 def _usage_error_type() -> type[Exception]:
