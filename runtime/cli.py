@@ -1,0 +1,154 @@
+"""``eamstcn-run``: segment a camera, video, stream or frame folder from a first-frame mask.
+
+Thin: parses options into :class:`~eamstcn.runtime.runner.RunOptions` and calls
+:func:`~eamstcn.runtime.runner.run`. User errors print one line and exit 2; Ctrl-C
+flushes outputs and exits 130.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from eamstcn.runtime.config import MemoryConfig, SaveConfig
+from eamstcn.runtime.runner import USER_ERRORS, RunError, RunOptions, parse_add_mask, run
+
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class SaveMode(str, Enum):
+    adaptive = "adaptive"
+    fixed = "fixed"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def segment(
+    mask: Annotated[Path, typer.Option("--mask", help="First-frame mask: palette PNG, 0/255 binary or RGB colour-coded.")],
+    camera: Annotated[Optional[int], typer.Option("--camera", help="Camera index.")] = None,
+    video: Annotated[Optional[str], typer.Option("--video", help="Video file, or rtsp:// / http:// stream URL.")] = None,
+    frames: Annotated[Optional[Path], typer.Option("--frames", help="Folder of .jpg/.png frames (sorted by name).")] = None,
+    engines: Annotated[Optional[Path], typer.Option("--engines", help="Engine bundle from eamstcn-export (default ./engines).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="best.pth, for the PyTorch path.")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="auto picks tensorrt > onnxruntime > torch.")] = Backend.auto,
+    precision: Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA where available.")] = Precision.auto,
+    save: Annotated[SaveMode, typer.Option("--save", help="Memory save rule.")] = SaveMode.adaptive,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Periodic save interval (default 5 fixed, 10 adaptive).")] = None,
+    memory_frames: Annotated[int, typer.Option("--memory-frames", help="Memory capacity in frames.")] = 16,
+    top_k: Annotated[int, typer.Option("--top-k", help="Memory positions read per query position.")] = 20,
+    add_mask: Annotated[Optional[list[str]], typer.Option("--add-mask", help="FRAME:PATH, objects added at that frame (repeatable).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write masks/, overlay.mp4 and stats.csv here.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Show a window (where a display exists).")] = False,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many frames.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")] = None,
+) -> None:
+    """Segment the objects of the first-frame mask through a live feed or a video."""
+    _quiet_opencv()
+    try:
+        options = RunOptions(
+            mask=mask,
+            camera=camera,
+            video=video,
+            frames=frames,
+            engines=engines,
+            checkpoint=checkpoint,
+            backend=backend.value,
+            precision=precision.value,
+            device=device,
+            memory=_config(MemoryConfig, capacity=memory_frames, top_k=top_k),
+            save=_config(SaveConfig, mode=save.value, save_every=save_every),
+            add_masks=tuple(parse_add_mask(text) for text in add_mask or []),
+            output=output,
+            show=show,
+            max_frames=max_frames,
+        )
+        summary = run(options)
+    except USER_ERRORS as error:
+        raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as error:  # a bug, not a user error: still one line unless asked
+        if os.environ.get("EAMSTCN_DEBUG"):
+            traceback.print_exc()
+        raise _fail(f"unexpected {type(error).__name__}: {error} (set EAMSTCN_DEBUG=1 for the traceback)", 1) from None
+    for line in summary.lines():
+        typer.echo(line)
+    if output is not None:
+        typer.echo(f"outputs: {output}")
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+def _quiet_opencv() -> None:
+    """OpenCV prints its own WARN lines (e.g. for a camera that will not open) next to our
+    one-line errors; our messages say what went wrong, so keep only its errors."""
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # OpenCV builds without the logging utilities
+        pass
+
+
+def _config(kind: type, **values: object) -> object:
+    try:
+        return kind(**values)
+    except ValueError as error:
+        raise RunError(f"invalid {kind.__name__} option: {error}") from None
+
+
+def _click_exceptions() -> tuple[tuple[type[Exception], ...], tuple[type[BaseException], ...]]:
+    """(usage errors, aborts) of Click and of the copy of Click newer Typer versions vendor."""
+    usage: list[type[Exception]] = [click.UsageError]
+    abort: list[type[BaseException]] = [click.Abort]
+    try:
+        from typer._click import exceptions as vendored  # Typer >= 0.2x ships its own Click
+    except ImportError:
+        pass
+    else:
+        usage.append(vendored.UsageError)
+        if hasattr(vendored, "Abort"):
+            abort.append(vendored.Abort)
+    return tuple(usage), tuple(abort)
+
+
+def main() -> None:
+    """Entry point: usage errors (a missing or malformed option) also become one line."""
+    usage_errors, aborts = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except usage_errors as error:
+        typer.echo(f"error: {error.format_message()} (see eamstcn-run --help)", err=True)  # type: ignore[attr-defined]
+        code = 2
+    except aborts:  # Ctrl-C while Click was still parsing
+        code = 130
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

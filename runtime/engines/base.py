@@ -1,0 +1,116 @@
+"""The one interface every backend implements, and the set of three engines a session runs.
+
+An engine runs one of the three graphs of :mod:`eamstcn.graph_spec`: named torch tensors
+in, a dict of named torch tensors out, on the engine set's device. Backends live one per
+file (``torch_engine``, ``onnxruntime_engine``, ``tensorrt_engine``) and import their
+heavy library inside, so this module needs torch only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from eamstcn.runtime.manifest import Manifest
+
+#: A dimension is a size, or a symbol: "K" (objects, dynamic) or "H"/"W" (frame-sized).
+Dim = int | str
+
+
+class EngineError(ValueError):
+    """An engine that cannot be opened or run; the message is one line meant for the user."""
+
+
+def normalize_device(device: torch.device | str) -> torch.device:
+    """``cuda`` -> ``cuda:N`` (the current device): tensors report an index, and
+    ``torch.device("cuda") != torch.device("cuda:0")``, so device checks need it explicit."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints and symbols such as ``"K"``) and dtype of one graph input/output."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: torch.dtype = torch.float32
+
+    def concrete(self, num_objects: int) -> tuple[int, ...]:
+        """The shape with ``"K"`` replaced by ``num_objects``; other symbols are an error."""
+        shape = []
+        for dim in self.shape:
+            if dim == "K":
+                shape.append(num_objects)
+            elif isinstance(dim, int):
+                shape.append(dim)
+            else:
+                raise EngineError(f"{self.name} has no fixed size along {dim!r}")
+        return tuple(shape)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One graph: ``engine(**inputs) -> {output name: tensor}``.
+
+    Outputs live on the engine set's device. Backends may reuse output buffers: an
+    output is valid until the next call of the same engine with the same K, so callers
+    copy what they keep (the memory bank copies on ``add``).
+    """
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]: ...
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def close(self) -> None: ...
+
+
+def check_inputs(graph: str, specs: tuple[TensorSpec, ...], inputs: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`EngineError` when ``inputs`` does not name exactly the graph's inputs."""
+    expected = [spec.name for spec in specs]
+    if sorted(inputs) != sorted(expected):
+        raise EngineError(f"{graph} takes inputs {expected}, got {sorted(inputs)}")
+
+
+@dataclass
+class EngineSet:
+    """The three engines of one bundle (or checkpoint), where they run and why this backend.
+
+    ``manifest`` gives the frame size, padding and object limit the session must use;
+    ``dtype`` is the dtype every graph input and output has (float16 for fp16 files).
+    """
+
+    key_encoder: Engine
+    value_encoder: Engine
+    decoder: Engine
+    manifest: Manifest
+    device: torch.device
+    dtype: torch.dtype
+    backend: str
+    reason: str = ""
+    precision: str = "fp32"
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        for engine in (self.key_encoder, self.value_encoder, self.decoder):
+            engine.close()
+
+    def describe(self) -> str:
+        """One line for the terminal: backend, precision, device and why it was picked."""
+        line = f"{self.backend} {self.precision} on {self.device}"
+        return f"{line} ({self.reason})" if self.reason else line
+
+    def __enter__(self) -> EngineSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,219 @@
+"""The ONNX Runtime backend: one InferenceSession per graph.
+
+CPU: torch tensors go in as ``.numpy()`` views (no copy) and come back through
+``torch.from_numpy`` (no copy). CUDA: I/O binding by device pointer onto torch tensors;
+outputs are preallocated once per object count K and reused, so nothing crosses to the
+host. ``onnxruntime`` is imported inside :func:`open_onnxruntime_engines`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eamstcn import graph_spec
+from eamstcn.runtime.engines.base import EngineError, EngineSet, TensorSpec, check_inputs, normalize_device
+from eamstcn.runtime.manifest import GraphFile, Manifest
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def import_onnxruntime() -> Any:
+    """``import onnxruntime`` or one clear :class:`EngineError`."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise EngineError(
+            f"backend onnxruntime is not installed ({error}): pip install onnxruntime (or onnxruntime-gpu for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def cuda_provider_available() -> bool:
+    """ONNX Runtime is importable and built with the CUDA provider."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return CUDA_PROVIDER in onnxruntime.get_available_providers()
+
+
+class OnnxRuntimeEngine:
+    """One graph in an ONNX Runtime session, fed and read as torch tensors on ``device``."""
+
+    def __init__(
+        self,
+        graph: str,
+        session: Any,
+        device: torch.device,
+        input_specs: tuple[TensorSpec, ...],
+        output_specs: tuple[TensorSpec, ...],
+        run_options: Any = None,
+        stream: torch.cuda.Stream | None = None,
+    ) -> None:
+        self.graph = graph
+        self._session = session
+        self._device = device
+        self._input_specs = input_specs
+        self._output_specs = output_specs
+        self._output_names = [spec.name for spec in output_specs]
+        self._run_options = run_options
+        self._stream = stream
+        self._binding = session.io_binding() if device.type == "cuda" else None
+        self._outputs: dict[int, dict[str, torch.Tensor]] = {}  # K -> preallocated outputs (CUDA)
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self._input_specs
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self._output_specs
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._session is None:
+            raise EngineError(f"{self.graph} engine is closed")
+        check_inputs(self.graph, self._input_specs, inputs)
+        if self._binding is None:
+            return self._run_cpu(inputs)
+        return self._run_cuda(inputs)
+
+    def _run_cpu(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # .numpy() shares memory with a contiguous CPU tensor: no copy on the way in.
+        feeds = {name: tensor.detach().contiguous().numpy() for name, tensor in inputs.items()}
+        results = self._session.run(self._output_names, feeds, self._run_options)
+        return {name: torch.from_numpy(array) for name, array in zip(self._output_names, results, strict=True)}
+
+    def _outputs_for(self, num_objects: int) -> dict[str, torch.Tensor]:
+        outputs = self._outputs.get(num_objects)
+        if outputs is None:
+            outputs = {
+                spec.name: torch.empty(spec.concrete(num_objects), device=self._device, dtype=spec.dtype)
+                for spec in self._output_specs
+            }
+            self._outputs[num_objects] = outputs
+        return outputs
+
+    def _run_cuda(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import numpy as np  # onnxruntime depends on numpy; only its dtypes are used here
+
+        binding = self._binding
+        device_id = self._device.index or 0
+        # K is the leading axis of any object-axis input; the key encoder has none (K = 1).
+        num_objects = next((t.shape[0] for n, t in inputs.items() if n in graph_spec.OBJECT_AXIS_TENSORS), 1)
+        kept = []  # keep contiguous copies alive until the run has been enqueued
+        for spec in self._input_specs:
+            tensor = inputs[spec.name]
+            if tensor.device != self._device or tensor.dtype != spec.dtype:
+                raise EngineError(f"{self.graph}: input {spec.name} must be {spec.dtype} on {self._device}, got {tensor.dtype} on {tensor.device}")
+            tensor = tensor.contiguous()
+            kept.append(tensor)
+            binding.bind_input(spec.name, "cuda", device_id, _numpy_type(np, spec.dtype), tuple(tensor.shape), tensor.data_ptr())
+        outputs = self._outputs_for(num_objects)
+        for name, tensor in outputs.items():
+            binding.bind_output(name, "cuda", device_id, _numpy_type(np, tensor.dtype), tuple(tensor.shape), tensor.data_ptr())
+        current = torch.cuda.current_stream(self._device)
+        if self._stream is not None:
+            # ORT runs on its own (non-default) torch stream: order it after the producers
+            # of the inputs, and order the consumers of the outputs after it. No host sync.
+            self._stream.wait_stream(current)
+        self._session.run_with_iobinding(binding, self._run_options)
+        if self._stream is not None:
+            current.wait_stream(self._stream)
+        del kept
+        return dict(outputs)
+
+    def close(self) -> None:
+        self._session = None
+        self._binding = None
+        self._outputs.clear()
+
+
+def _numpy_type(np: Any, dtype: torch.dtype) -> Any:
+    """The numpy scalar type ORT's ``bind_input``/``bind_output`` take as ``element_type``."""
+    return {torch.float32: np.float32, torch.float16: np.float16}[dtype]
+
+
+def open_onnxruntime_engines(
+    manifest: Manifest,
+    device: torch.device,
+    precision: str = "fp32",
+    reason: str = "",
+    threads: int | None = None,
+) -> EngineSet:
+    """Open the bundle's ONNX files with the CPU provider, or the CUDA provider on CUDA.
+
+    fp16 files are used only with ``precision="fp16"`` on CUDA (the CPU provider has few
+    fp16 kernels and would insert casts everywhere).
+    """
+    device = normalize_device(device)
+    ort = import_onnxruntime()
+    if device.type == "cuda" and CUDA_PROVIDER not in ort.get_available_providers():
+        raise EngineError("onnxruntime here has no CUDA provider: pip install onnxruntime-gpu, or run with --device cpu")
+    if device.type not in ("cuda", "cpu"):
+        raise EngineError(f"the onnxruntime backend runs on cpu or cuda, not {device.type}")
+    if precision == "fp16" and device.type != "cuda":
+        raise EngineError("fp16 engines need a CUDA device; use --precision fp32 on the CPU")
+    if precision not in manifest.precisions("onnx"):
+        raise EngineError(f"the engine bundle has no {precision} ONNX files: re-export with `eamstcn-export --checkpoint best.pth --fp16`")
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
+    if threads:
+        options.intra_op_num_threads = threads
+    stream = None
+    run_options = None
+    if device.type == "cuda":
+        stream = torch.cuda.Stream(device)
+        provider_options = {"device_id": str(device.index or 0), "user_compute_stream": str(stream.cuda_stream)}
+        providers: list[Any] = [(CUDA_PROVIDER, provider_options), CPU_PROVIDER]
+        run_options = ort.RunOptions()
+        # Ordering is by stream waits (see OnnxRuntimeEngine._run_cuda): no host sync per run.
+        run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    else:
+        providers = [CPU_PROVIDER]
+
+    engines = {}
+    for name in graph_spec.GRAPHS:
+        entry = manifest.graphs[name]
+        graph_file = entry.file("onnx", precision)
+        assert graph_file is not None  # checked by manifest.precisions above
+        session = _session(ort, graph_file, options, providers, device)
+        inputs, outputs = entry.with_dtype(graph_file.dtype)
+        _check_session_io(name, session, graph_file.path)
+        engines[name] = OnnxRuntimeEngine(name, session, device, inputs, outputs, run_options, stream)
+    return EngineSet(
+        key_encoder=engines[graph_spec.KEY_ENCODER],
+        value_encoder=engines[graph_spec.VALUE_ENCODER],
+        decoder=engines[graph_spec.DECODER],
+        manifest=manifest,
+        device=device,
+        dtype=dtype,
+        backend="onnxruntime",
+        reason=reason,
+        precision=precision,
+    )
+
+
+def _session(ort: Any, graph_file: GraphFile, options: Any, providers: list[Any], device: torch.device) -> Any:
+    try:
+        session = ort.InferenceSession(str(graph_file.path), sess_options=options, providers=providers)
+    except Exception as error:  # ORT raises its own exception types for bad files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EngineError(f"onnxruntime cannot load {graph_file.path}: {first_line}") from None
+    if device.type == "cuda" and CUDA_PROVIDER not in session.get_providers():
+        raise EngineError(f"onnxruntime fell back to the CPU for {Path(graph_file.path).name}: check the CUDA/cuDNN install")
+    return session
+
+
+def _check_session_io(graph: str, session: Any, path: Path) -> None:
+    """The file's own input/output names must be the graph's (the manifest could be stale)."""
+    expected_in, expected_out = graph_spec.GRAPH_IO[graph]
+    found_in = tuple(node.name for node in session.get_inputs())
+    found_out = tuple(node.name for node in session.get_outputs())
+    if set(found_in) != set(expected_in) or set(found_out) != set(expected_out):
+        raise EngineError(f"{path} has inputs {list(found_in)} and outputs {list(found_out)}; expected {list(expected_in)} and {list(expected_out)}")

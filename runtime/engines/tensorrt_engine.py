@@ -1,0 +1,148 @@
+"""The TensorRT 10 backend: one deserialised plan per graph, tensors bound by address.
+
+Written against the TensorRT 10 Python API (``set_input_shape``, ``set_tensor_address``,
+``execute_async_v3``); ``tensorrt`` is imported inside :func:`open_tensorrt_engines`.
+Not exercised in CI (TensorRT cannot be installed there): its tests skip without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from eamstcn import graph_spec
+from eamstcn.runtime.engines.base import EngineError, EngineSet, TensorSpec, check_inputs, normalize_device
+from eamstcn.runtime.manifest import Manifest
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as error:
+        raise EngineError(f"backend tensorrt is not installed ({error}): install TensorRT 10 for this CUDA, or use --backend onnxruntime") from None
+    return tensorrt
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TensorRTEngine:
+    """One plan with its execution context; runs on torch's current CUDA stream.
+
+    Outputs are preallocated per object count K and reused (valid until the next call
+    with the same K). K must lie in the plan's optimisation profile 0.
+    """
+
+    def __init__(self, graph: str, engine: Any, device: torch.device, input_specs: tuple[TensorSpec, ...], output_specs: tuple[TensorSpec, ...]) -> None:
+        self.graph = graph
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {graph} (out of GPU memory?)")
+        self._device = device
+        self._input_specs = input_specs
+        self._output_specs = output_specs
+        self._outputs: dict[int, dict[str, torch.Tensor]] = {}
+        self.object_range = self._profile_object_range()
+
+    def _profile_object_range(self) -> tuple[int, int]:
+        """(min K, max K) over the object-axis inputs of profile 0; (1, 1) for the key encoder."""
+        low, high = 1, 1 << 30
+        has_object_axis = False
+        for spec in self._input_specs:
+            if spec.name in graph_spec.OBJECT_AXIS_TENSORS:
+                minimum, _optimum, maximum = self._engine.get_tensor_profile_shape(spec.name, 0)
+                low, high = max(low, int(minimum[0])), min(high, int(maximum[0]))
+                has_object_axis = True
+        return (low, high) if has_object_axis else (1, 1)
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self._input_specs
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self._output_specs
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._context is None:
+            raise EngineError(f"{self.graph} engine is closed")
+        check_inputs(self.graph, self._input_specs, inputs)
+        num_objects = next((t.shape[0] for n, t in inputs.items() if n in graph_spec.OBJECT_AXIS_TENSORS), 1)
+        low, high = self.object_range
+        if not low <= num_objects <= high:
+            raise EngineError(f"{self.graph}: the TensorRT plan takes {low}..{high} objects, got {num_objects}; re-export with a larger --max-objects")
+        kept = []
+        for spec in self._input_specs:
+            tensor = inputs[spec.name]
+            if tensor.device != self._device or tensor.dtype != spec.dtype:
+                raise EngineError(f"{self.graph}: input {spec.name} must be {spec.dtype} on {self._device}, got {tensor.dtype} on {tensor.device}")
+            tensor = tensor.contiguous()
+            kept.append(tensor)
+            if not self._context.set_input_shape(spec.name, tuple(tensor.shape)):
+                raise EngineError(f"{self.graph}: TensorRT rejects shape {tuple(tensor.shape)} for {spec.name}")
+            self._context.set_tensor_address(spec.name, tensor.data_ptr())
+        outputs = self._outputs.get(num_objects)
+        if outputs is None:
+            outputs = {s.name: torch.empty(s.concrete(num_objects), device=self._device, dtype=s.dtype) for s in self._output_specs}
+            self._outputs[num_objects] = outputs
+        for name, tensor in outputs.items():
+            self._context.set_tensor_address(name, tensor.data_ptr())
+        stream = torch.cuda.current_stream(self._device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise EngineError(f"TensorRT failed to enqueue {self.graph}")
+        # Inputs were allocated on this same stream, so their memory is not reused before
+        # the plan has read them; dropping our references here is safe.
+        del kept
+        return dict(outputs)
+
+    def close(self) -> None:
+        self._context = None
+        self._engine = None
+        self._outputs.clear()
+
+
+def open_tensorrt_engines(manifest: Manifest, device: torch.device, precision: str = "fp16", reason: str = "") -> EngineSet:
+    """Deserialise the bundle's plans (``format: "tensorrt"``) onto ``device`` (CUDA)."""
+    device = normalize_device(device)
+    trt = import_tensorrt()
+    if device.type != "cuda":
+        raise EngineError("the tensorrt backend needs a CUDA device")
+    if precision not in manifest.precisions("tensorrt"):
+        raise EngineError(f"the engine bundle has no {precision} TensorRT plans: run eamstcn-export --fp16 on this machine (with tensorrt installed)")
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engines = {}
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    with torch.cuda.device(device):
+        for name in graph_spec.GRAPHS:
+            entry = manifest.graphs[name]
+            plan_file = entry.file("tensorrt", precision)
+            assert plan_file is not None
+            engine = runtime.deserialize_cuda_engine(plan_file.path.read_bytes())
+            if engine is None:
+                raise EngineError(f"TensorRT cannot load {plan_file.path}: plans are tied to the GPU and TensorRT version that built them; re-export here")
+            inputs, outputs = entry.with_dtype(plan_file.dtype)
+            names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+            expected = {spec.name for spec in inputs + outputs}
+            if names != expected:
+                raise EngineError(f"{plan_file.path} has tensors {sorted(names)}; expected {sorted(expected)}")
+            engines[name] = TensorRTEngine(name, engine, device, inputs, outputs)
+    return EngineSet(
+        key_encoder=engines[graph_spec.KEY_ENCODER],
+        value_encoder=engines[graph_spec.VALUE_ENCODER],
+        decoder=engines[graph_spec.DECODER],
+        manifest=manifest,
+        device=device,
+        dtype=dtype,
+        backend="tensorrt",
+        reason=reason,
+        precision=precision,
+        notes=[f"object range {engines[graph_spec.DECODER].object_range}"],
+    )
