@@ -1,0 +1,109 @@
+"""Find annotated videos and still images in the folder layouts training accepts.
+
+Video layouts (phase 2; phase 1 can also use their annotated frames as stills):
+
+- DAVIS-2016/2017: ``root/JPEGImages/<resolution>/<seq>/*.jpg`` and
+  ``root/Annotations/<resolution>/<seq>/*.png`` (2016: 0/255 masks; 2017: palette ids).
+- YouTube-VOS 2018: ``root/JPEGImages/<seq>/*.jpg`` and ``root/Annotations/<seq>/*.png``
+  (every 5th frame annotated in the train split), or the same under ``root/train/``.
+
+Still layout (phase 1): ``root/images/<name>.<jpg|png>`` with ``root/masks/<name>.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from eamstcn.data.davis_io import FRAME_EXTENSIONS
+
+
+class LayoutError(ValueError):
+    """A folder that holds no recognised training layout; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Video:
+    """One annotated video: frame files in time order and, per frame, its mask or None.
+
+    ``stride`` is the typical frame-number step between consecutive listed frames (5 for
+    YouTube-VOS train folders, 1 for DAVIS), so gaps can be measured in real frames.
+    """
+
+    name: str
+    frames: tuple[Path, ...]
+    masks: tuple[Path | None, ...]
+    stride: int = 1
+
+    @property
+    def annotated(self) -> list[int]:
+        return [i for i, mask in enumerate(self.masks) if mask is not None]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS)
+
+
+def _frame_stride(frames: list[Path]) -> int:
+    numbers = [int(p.stem) for p in frames if re.fullmatch(r"\d+", p.stem)]
+    if len(numbers) < 2:
+        return 1
+    steps = sorted(b - a for a, b in zip(numbers, numbers[1:]))
+    return max(1, steps[len(steps) // 2])
+
+
+def _video_dirs(root: Path) -> tuple[Path, Path] | None:
+    """(frames parent, annotations parent) whose children are sequence folders."""
+    for base in (root, root / "train"):
+        images, annotations = base / "JPEGImages", base / "Annotations"
+        if not images.is_dir() or not annotations.is_dir():
+            continue
+        resolutions = [p.name for p in images.iterdir() if p.is_dir()]
+        for resolution in ("480p", "Full-Resolution"):
+            if resolution in resolutions and (annotations / resolution).is_dir():
+                return images / resolution, annotations / resolution
+        return images, annotations  # YouTube-VOS: sequences directly below
+    return None
+
+
+def find_videos(root: str | Path) -> list[Video]:
+    """Every sequence with at least one annotated frame, sorted by name."""
+    root = Path(root)
+    dirs = _video_dirs(root)
+    if dirs is None:
+        raise LayoutError(f"{root} has no JPEGImages/ and Annotations/ folders (DAVIS or YouTube-VOS layout)")
+    image_base, mask_base = dirs
+    videos = []
+    for seq_dir in sorted(p for p in image_base.iterdir() if p.is_dir()):
+        frames = _images(seq_dir)
+        if not frames:
+            continue
+        masks = tuple(
+            (mask_base / seq_dir.name / f"{f.stem}.png") if (mask_base / seq_dir.name / f"{f.stem}.png").is_file() else None
+            for f in frames
+        )
+        if any(m is not None for m in masks):
+            videos.append(Video(seq_dir.name, tuple(frames), masks, _frame_stride(frames)))
+    if not videos:
+        raise LayoutError(f"{root} holds no sequence with annotated frames")
+    return videos
+
+
+def find_stills(root: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs from an images/ + masks/ folder or any video layout."""
+    root = Path(root)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        pairs = [
+            (image, root / "masks" / f"{image.stem}.png")
+            for image in _images(root / "images")
+            if (root / "masks" / f"{image.stem}.png").is_file()
+        ]
+        if not pairs:
+            raise LayoutError(f"{root}/images and {root}/masks share no file names")
+        return pairs
+    if _video_dirs(root) is None:
+        raise LayoutError(
+            f"{root} is neither a still-image folder (images/ + masks/) nor a DAVIS/YouTube-VOS folder"
+        )
+    return [(frame, mask) for video in find_videos(root) for frame, mask in zip(video.frames, video.masks) if mask is not None]
