@@ -198,7 +198,8 @@ class Session:
             self._store(image, object_probs, f16x, key, permanent=True)
             saved = True
         elif not is_last:
-            wanted = self.policy.should_save(state.frame_index, image[0], object_probs[:, 0])
+            with timer.stage("save_decision"):
+                wanted = self.policy.should_save(state.frame_index, image[0], object_probs[:, 0])
             annotated = dense_small is not None
             if wanted or annotated:
                 with timer.stage("value_encoder"):

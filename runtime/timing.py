@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 #: Stage names in step order; a stage that did not run this frame is absent from ``stages``.
-STAGES = ("preprocess", "key_encoder", "memory_read", "decoder", "aggregate", "value_encoder", "postprocess")
+STAGES = ("preprocess", "key_encoder", "memory_read", "decoder", "aggregate", "save_decision", "value_encoder", "postprocess")
 
 _NO_OP = nullcontext()
 

@@ -46,7 +46,7 @@ def test_json_has_every_column_for_torch_and_onnxruntime(bench_run: tuple[Path, 
         assert row["status"] == "ok"
         for column in ("fps", "frame_median_ms", "frame_p90_ms", "peak_host_mb", "memory_frames", "speedup", "iou_mean", "iou_min", "outside_networks_fraction"):
             assert row[column] is not None, (name, column)
-        for stage in ("preprocess", "key_encoder", "memory_read", "decoder", "aggregate", "value_encoder"):
+        for stage in ("preprocess", "key_encoder", "memory_read", "decoder", "aggregate", "save_decision", "value_encoder"):
             assert row[f"{stage}_median_ms"] is not None and row[f"{stage}_median_ms"] > 0, (name, stage)
         assert row["frames"] == 7  # frame 0 initialises the memory and is not timed
         assert 1 <= row["memory_frames"] <= 16

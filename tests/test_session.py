@@ -83,7 +83,7 @@ def test_timings_name_the_stages_and_are_off_by_default(engines, clip) -> None:
     session.step(frames[1])
     stats = session.last_stats
     assert stats is not None and not stats.saved
-    assert set(stats.stages) == {"preprocess", "key_encoder", "memory_read", "decoder", "aggregate", "postprocess"}
+    assert set(stats.stages) == {"preprocess", "key_encoder", "memory_read", "decoder", "aggregate", "save_decision", "postprocess"}
     assert set(stats.stages) <= set(STAGES) and stats.total_ms >= max(stats.stages.values())
     session.step(frames[2])
     assert session.last_stats.saved and "value_encoder" in session.last_stats.stages
