@@ -165,6 +165,9 @@ def open_onnxruntime_engines(
     options.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
     if threads:
         options.intra_op_num_threads = threads
+    # ORT's pool threads spin after each run by default; between graphs the session does
+    # torch work (readout, aggregation) on the same cores, and the spinning starves it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     stream = None
     run_options = None
     if device.type == "cuda":
