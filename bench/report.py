@@ -6,25 +6,11 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from eamstcn.fileio import atomic_write_bytes
 from eamstcn.bench.results import BackendResult, stage_names
-
-
-def _atomic_write(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _number(value: float, digits: int = 1) -> str:
@@ -76,7 +62,7 @@ def write_csv(path: str | Path, results: list[BackendResult]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def _jsonable(value: Any) -> Any:
@@ -94,7 +80,7 @@ def write_json(path: str | Path, header: dict[str, Any], results: list[BackendRe
     document = {"header": header, "stages": stages, "backends": [result.flat(stages) for result in results]}
     if sweeps:
         document["sweeps"] = sweeps
-    _atomic_write(path, json.dumps(_jsonable(document), indent=2).encode())
+    atomic_write_bytes(path, json.dumps(_jsonable(document), indent=2).encode())
 
 
 def write_plot(path: str | Path, header: dict[str, Any], results: list[BackendResult], sweeps: dict[str, Any] | None = None) -> None:
@@ -136,4 +122,4 @@ def write_plot(path: str | Path, header: dict[str, Any], results: list[BackendRe
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())

@@ -6,7 +6,6 @@ Torch only at import time (the network is imported lazily in :func:`build_model`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from eamstcn.config import ModelConfig
+from eamstcn.fileio import file_sha256  # noqa: F401  (re-exported: export records checkpoint hashes)
 
 if TYPE_CHECKING:
     from eamstcn.network import EamStcn
@@ -150,9 +150,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> EamStcn:
     return build_model(load_checkpoint(path), str(path)).to(device)
 
 
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

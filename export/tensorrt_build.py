@@ -7,12 +7,11 @@ tested everywhere.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eamstcn.export.onnx_export import OBJECT_AXIS_NAME
+from eamstcn.fileio import atomic_write_bytes
 
 Shape = tuple[int, ...]
 #: input name -> (min, opt, max) shapes of one optimisation profile.
@@ -93,16 +92,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTBuildError(f"TensorRT failed to build an engine from {Path(onnx_path).name} (see its log above)")
-    _write_atomically(Path(plan_path), serialized)  # IHostMemory exposes the buffer protocol
+    atomic_write_bytes(Path(plan_path), serialized)  # IHostMemory exposes the buffer protocol
     return Path(plan_path)
 
 
-def _write_atomically(path: Path, data: bytes | memoryview) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -9,7 +9,6 @@ a size check already catches the usual truncated or half-copied bundle).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from eamstcn import graph_spec
 from eamstcn.config import ModelConfig
+from eamstcn.fileio import file_sha256
 from eamstcn.ops import pad_amounts
 from eamstcn.runtime.engines.base import TensorSpec
 
@@ -204,14 +204,6 @@ def check_file(graph_file: GraphFile, verify: Literal["size", "sha256"] = "size"
     if verify == "sha256" and graph_file.sha256:
         if file_sha256(path) != graph_file.sha256:
             raise ManifestError(f"{path} does not match the sha256 in {MANIFEST_NAME}: re-export with `{EXPORT_HINT}`")
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checkpoint_manifest(

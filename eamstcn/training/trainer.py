@@ -25,7 +25,7 @@ from eamstcn.checkpoint import CheckpointError, build_model, load_checkpoint, sa
 from eamstcn.network import EamStcn
 from eamstcn.training.config import TrainConfig
 from eamstcn.training.datasets import Augmentation, ClipDataset, StillClips, VideoClips
-from eamstcn.training.distributed import DistInfo, barrier, choose_device, init_distributed, local_rank_from_env, shutdown
+from eamstcn.training.distributed import DistInfo, choose_device, init_distributed, local_rank_from_env, shutdown
 from eamstcn.training.layouts import find_stills, find_videos
 from eamstcn.training.loss import bootstrap_fraction, bootstrapped_cross_entropy
 from eamstcn.training.step import TrainWrapper
