@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from eamstcn.cli_errors import run_app
 from eamstcn.bench.config import BACKEND_NAMES, BenchConfig
 from eamstcn.bench.report import format_table, write_csv, write_json, write_plot
 
@@ -98,4 +99,4 @@ def bench(
 
 
 def main() -> None:
-    app()
+    run_app(app, "eamstcn-bench")

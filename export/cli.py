@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from eamstcn.cli_errors import run_app
 from eamstcn.export.bundle import ExportConfig, ExportError, ExportResult, export_bundle, parse_size
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -97,7 +98,7 @@ def export(
 
 
 def main() -> None:
-    app()
+    run_app(app, "eamstcn-export")
 
 
 if __name__ == "__main__":

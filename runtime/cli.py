@@ -8,15 +8,14 @@ flushes outputs and exits 130.
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
+from eamstcn.cli_errors import run_app
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.runner import USER_ERRORS, RunError, RunOptions, parse_add_mask, run
 
@@ -122,32 +121,9 @@ def _config(kind: type, **values: object) -> object:
         raise RunError(f"invalid {kind.__name__} option: {error}") from None
 
 
-def _click_exceptions() -> tuple[tuple[type[Exception], ...], tuple[type[BaseException], ...]]:
-    """(usage errors, aborts) of Click and of the copy of Click newer Typer versions vendor."""
-    usage: list[type[Exception]] = [click.UsageError]
-    abort: list[type[BaseException]] = [click.Abort]
-    try:
-        from typer._click import exceptions as vendored  # Typer >= 0.2x ships its own Click
-    except ImportError:
-        pass
-    else:
-        usage.append(vendored.UsageError)
-        if hasattr(vendored, "Abort"):
-            abort.append(vendored.Abort)
-    return tuple(usage), tuple(abort)
-
-
 def main() -> None:
     """Entry point: usage errors (a missing or malformed option) also become one line."""
-    usage_errors, aborts = _click_exceptions()
-    try:
-        code = app(standalone_mode=False)
-    except usage_errors as error:
-        typer.echo(f"error: {error.format_message()} (see eamstcn-run --help)", err=True)  # type: ignore[attr-defined]
-        code = 2
-    except aborts:  # Ctrl-C while Click was still parsing
-        code = 130
-    sys.exit(code or 0)
+    run_app(app, "eamstcn-run")
 
 
 if __name__ == "__main__":

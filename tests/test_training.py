@@ -23,7 +23,7 @@ from eamstcn.training.cli import app
 from eamstcn.training.config import BootstrapSchedule, GapCurriculum, preset
 from eamstcn.training.datasets import StillClips, VideoClips, choose_frames
 from eamstcn.training.layouts import LayoutError, find_stills, find_videos
-from eamstcn.training.loss import bootstrap_fraction, bootstrapped_cross_entropy
+from eamstcn.training.loss import bootstrap_fraction, bootstrapped_cross_entropy, soft_dice_loss
 from eamstcn.training.trainer import lr_factor, train
 
 DAVIS2016 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis2016"
@@ -154,6 +154,26 @@ def test_gap_curriculum_and_bootstrap_schedule() -> None:
     plain = torch.nn.functional.cross_entropy(logits, labels)
     assert bootstrapped_cross_entropy(logits, labels, 1.0) == pytest.approx(float(plain))
     assert bootstrapped_cross_entropy(logits, labels, 0.25) >= plain  # the hardest quarter
+
+
+def test_soft_dice_scores_small_objects_and_skips_padding() -> None:
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[0, :16] = 1  # a large object
+    labels[0, 20:22, 20:22] = 2  # a 4-pixel object
+
+    def confident(pred: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float() * 40.0 - 20.0
+
+    both = torch.ones(1, 2)
+    assert float(soft_dice_loss(confident(labels), labels, both)) == pytest.approx(0.0, abs=1e-6)
+    missed_small = labels.clone()
+    missed_small[labels == 2] = 0
+    # Missing 4 of 1024 pixels barely moves CE but costs the small object its whole Dice.
+    assert float(soft_dice_loss(confident(missed_small), labels, both)) == pytest.approx(0.5 * 4 / 5, abs=1e-3)
+    assert float(torch.nn.functional.cross_entropy(confident(missed_small), labels)) < 0.2
+    # A padding object (selector 0) is left out of the mean.
+    only_first = torch.tensor([[1.0, 0.0]])
+    assert float(soft_dice_loss(confident(missed_small), labels, only_first)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_lr_schedule_decays() -> None:

@@ -124,7 +124,7 @@ def synth(
         raise typer.Exit(1) from None
     extra = f" and {len(names)} mp4 videos in {out / 'videos'}" if video else ""
     typer.echo(
-        f"Wrote {len(names)} sequences ({frames} frames, {height}x{width}, {objects} objects, "
+        f"Wrote {len(names)} sequences ({frames} frames, {height}x{width}, {objects} object{'s' if objects != 1 else ''}, "
         f"seed {seed}) to {out} (JPEGImages/480p, Annotations/480p){extra}."
     )
 

@@ -8,20 +8,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from eamstcn import sizes
+from eamstcn.cli_errors import run_app
+
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
-    parts = text.lower().replace("x", ",").split(",")
     try:
-        height, width = (int(p) for p in parts)
-    except ValueError:
-        raise typer.BadParameter(f"--size takes HxW (e.g. 480x854), got {text!r}") from None
-    if height < 16 or width < 16:
-        raise typer.BadParameter(f"--size must be at least 16x16, got {text!r}")
-    return height, width
+        return sizes.parse_size(text, 16, 8192)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--size'") from None
 
 
 @app.command()
@@ -76,4 +75,4 @@ def main() -> None:
     # Idle OpenMP threads sleep instead of spinning (much faster on shared CPUs);
     # set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app()
+    run_app(app, "eamstcn-eval")

@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from eamstcn import sizes
+from eamstcn.cli_errors import run_app
 from eamstcn.training.config import Phase, TrainConfig, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train EamStcn (phase 1: stills, phase 2: video).")
@@ -18,8 +20,12 @@ Data = Annotated[Path, typer.Option("--data", help="Training data folder (see do
 Out = Annotated[Path, typer.Option("--out", help="Folder for latest.pth, best.pth and log.jsonl.")]
 Preset = Annotated[str, typer.Option("--preset", help="reference (GPU, STCN recipe) or tiny (CPU).")]
 Iterations = Annotated[Optional[int], typer.Option("--iterations", min=1)]
+Crop = Annotated[Optional[str], typer.Option(
+    "--crop", help="Training crop HxW, multiples of 16 (tiny: 96x160, the whole eamstcn-synth frame).")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Per process.")]
 Lr = Annotated[Optional[float], typer.Option("--lr")]
+Dice = Annotated[Optional[float], typer.Option("--dice-weight", min=0.0,
+                 help="Weight of the soft Dice term added to the cross-entropy (0: CE alone; preset default).")]
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue a run exactly from its latest.pth.")]
 Init = Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights (phase 2 after phase 1).")]
 Val = Annotated[Optional[Path], typer.Option("--val", help="DAVIS-layout folder; best.pth follows its J&F.")]
@@ -59,15 +65,25 @@ def _run(phase: Phase, data: Path, out: Path, preset_name: str, overrides: dict[
     typer.echo(f"{phase}: finished at step {result.step}{best}; checkpoints in {result.out_dir}")
 
 
+def _crop(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        return sizes.parse_size(text, 16, 4096)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--crop'") from None
+
+
 def _command(phase: Phase) -> Callable[..., None]:
     def command(
         data: Data, out: Out, preset_name: Preset = "reference", iterations: Iterations = None,
-        batch_size: BatchSize = None, lr: Lr = None, resume: Resume = None, init: Init = None, val: Val = None,
+        crop: Crop = None, batch_size: BatchSize = None, lr: Lr = None, dice_weight: Dice = None,
+        resume: Resume = None, init: Init = None, val: Val = None,
         val_every: ValEvery = None, checkpoint_every: CheckpointEvery = None, seed: Seed = None,
         device: Device = None, workers: Workers = None, backbone_weights: Weights = None, quiet: Quiet = False,
     ) -> None:
-        overrides = dict(iterations=iterations, batch_size=batch_size, lr=lr, val_every=val_every,
-                         checkpoint_every=checkpoint_every, seed=seed, num_workers=workers)
+        overrides = dict(iterations=iterations, crop=_crop(crop), batch_size=batch_size, lr=lr, dice_weight=dice_weight,
+                         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, num_workers=workers)
         _run(phase, data, out, preset_name, overrides, resume, init, val, device, backbone_weights, quiet)
 
     return command
@@ -83,7 +99,7 @@ def main() -> None:
     # made each step 5-10x slower (measured: 2.5 s -> 25 s per tiny step at load 7 on 2
     # cores). Set before torch is imported (the trainer is imported lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app()
+    run_app(app, "eamstcn-train")
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node N -m eamstcn.training.cli phase2 ...

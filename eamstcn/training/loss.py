@@ -1,4 +1,5 @@
-"""Bootstrapped cross-entropy over aggregated logits (STCN's schedule)."""
+"""Training losses over aggregated logits: STCN's bootstrapped cross-entropy and an
+optional soft Dice term (as XMem adds), which weighs small objects as much as large ones."""
 
 from __future__ import annotations
 
@@ -35,3 +36,27 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, fract
     keep = max(1, int(pixel_loss.shape[1] * fraction))
     hardest, _ = pixel_loss.topk(keep, dim=1, sorted=False)
     return hardest.mean()
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, selector: torch.Tensor) -> torch.Tensor:
+    """Mean over real objects of 1 - soft Dice between the aggregated softmax and the truth.
+
+    Cross-entropy is dominated by background pixels when objects cover a few percent of
+    the frame; Dice scores each object by its overlap alone, so a missed small object
+    costs as much as a missed large one.
+
+    Args:
+        logits: (B, K+1, H, W) aggregated logits (index 0 background).
+        labels: (B, H, W) int64 in 0..K.
+        selector: (B, K) 1 for real objects, 0 for padding objects (left out of the mean).
+    Returns:
+        scalar loss in [0, 1].
+    """
+    num_objects = logits.shape[1] - 1
+    probs = logits.float().softmax(dim=1)[:, 1:].flatten(2)  # (B, K, HW)
+    ids = torch.arange(1, num_objects + 1, device=labels.device).view(1, -1, 1)
+    truth = (labels.flatten(1).unsqueeze(1) == ids).float()  # (B, K, HW)
+    overlap = (probs * truth).sum(-1)
+    dice = (2.0 * overlap + 1.0) / (probs.sum(-1) + truth.sum(-1) + 1.0)  # (B, K)
+    weight = selector.float()
+    return ((1.0 - dice) * weight).sum() / weight.sum().clamp(min=1.0)

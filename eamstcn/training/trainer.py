@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from eamstcn.training.config import TrainConfig
 from eamstcn.training.datasets import Augmentation, ClipDataset, StillClips, VideoClips
 from eamstcn.training.distributed import DistInfo, choose_device, init_distributed, local_rank_from_env, shutdown
 from eamstcn.training.layouts import find_stills, find_videos
-from eamstcn.training.loss import bootstrap_fraction, bootstrapped_cross_entropy
+from eamstcn.training.loss import bootstrap_fraction, bootstrapped_cross_entropy, soft_dice_loss
 from eamstcn.training.step import TrainWrapper
 
 
@@ -185,6 +186,10 @@ def _train(
         _set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
     model: torch.nn.Module = wrapper
     if info.enabled:
+        # Depthwise weights (C, 1, 3, 3) get gradients whose size-1 axis has another
+        # stride than DDP's bucket view; strides of size-1 axes never matter, so the
+        # warning it prints on every rank is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = DistributedDataParallel(wrapper, device_ids=[device.index] if device.type == "cuda" else None)
 
     dataset = _make_dataset(config, data, info)
@@ -221,7 +226,11 @@ def _train(
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(batch["frames"], batch["first_masks"], batch["selector"])  # (B, 2, K+1, H, W)
         fraction = bootstrap_fraction(step, config.bootstrap)
-        loss = bootstrapped_cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(0, 1), fraction)
+        flat_logits, flat_labels = logits.flatten(0, 1), batch["labels"][:, 1:].flatten(0, 1)
+        loss = bootstrapped_cross_entropy(flat_logits, flat_labels, fraction)
+        if config.dice_weight > 0:
+            selector = batch["selector"].repeat_interleave(2, dim=0)  # frames 1 and 2 of each sample
+            loss = loss + config.dice_weight * soft_dice_loss(flat_logits, flat_labels, selector)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip > 0:
