@@ -12,7 +12,9 @@ import sys
 import click
 import typer
 
-__all__ = ["run_app"]
+from eamstcn import sizes
+
+__all__ = ["run_app", "size_option"]
 
 
 def _click_exceptions() -> tuple[tuple[type[Exception], ...], tuple[type[BaseException], ...]]:
@@ -45,3 +47,14 @@ def run_app(app: typer.Typer, prog: str) -> None:
     except aborts:
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def size_option(text: str | None, option: str, min_side: int = 16, max_side: int = 8192) -> tuple[int, int] | None:
+    """``--size``/``--crop`` text -> (H, W), None stays None; a bad value is a usage error
+    naming ``option`` (so it prints as one line through :func:`run_app`)."""
+    if text is None:
+        return None
+    try:
+        return sizes.parse_size(text, min_side, max_side)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None

@@ -8,19 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from eamstcn import sizes
-from eamstcn.cli_errors import run_app
+from eamstcn.cli_errors import run_app, size_option
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-def _parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        return sizes.parse_size(text, 16, 8192)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="'--size'") from None
 
 
 @app.command()
@@ -51,7 +41,7 @@ def evaluate_command(
             data=data, out=out, checkpoint=checkpoint, engines=engines, backend=backend, device=device,
             memory=MemoryConfig(capacity=memory_frames, top_k=top_k),
             save=SaveConfig(mode=save, save_every=save_every),  # type: ignore[arg-type]
-            size=_parse_size(size),
+            size=size_option(size, "--size"),
             sequences=tuple(s.strip() for s in sequences.split(",") if s.strip()) if sequences else None,
             resolution=resolution,
         )

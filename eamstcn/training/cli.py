@@ -10,8 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eamstcn import sizes
-from eamstcn.cli_errors import run_app
+from eamstcn.cli_errors import run_app, size_option
 from eamstcn.training.config import Phase, TrainConfig, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train EamStcn (phase 1: stills, phase 2: video).")
@@ -65,15 +64,6 @@ def _run(phase: Phase, data: Path, out: Path, preset_name: str, overrides: dict[
     typer.echo(f"{phase}: finished at step {result.step}{best}; checkpoints in {result.out_dir}")
 
 
-def _crop(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        return sizes.parse_size(text, 16, 4096)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="'--crop'") from None
-
-
 def _command(phase: Phase) -> Callable[..., None]:
     def command(
         data: Data, out: Out, preset_name: Preset = "reference", iterations: Iterations = None,
@@ -82,7 +72,8 @@ def _command(phase: Phase) -> Callable[..., None]:
         val_every: ValEvery = None, checkpoint_every: CheckpointEvery = None, seed: Seed = None,
         device: Device = None, workers: Workers = None, backbone_weights: Weights = None, quiet: Quiet = False,
     ) -> None:
-        overrides = dict(iterations=iterations, crop=_crop(crop), batch_size=batch_size, lr=lr, dice_weight=dice_weight,
+        overrides = dict(iterations=iterations, crop=size_option(crop, "--crop", 16, 4096), batch_size=batch_size,
+                         lr=lr, dice_weight=dice_weight,
                          val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, num_workers=workers)
         _run(phase, data, out, preset_name, overrides, resume, init, val, device, backbone_weights, quiet)
 
