@@ -248,3 +248,16 @@ def test_tensorrt_plans_run_when_present(runtime_assets: RuntimeAssets) -> None:
         pytest.skip("the test bundle has no TensorRT plans (exported without --fp16 / tensorrt)")
     with open_engines(runtime_assets.engines, backend="tensorrt") as engines:
         assert engines.backend == "tensorrt"
+
+
+def test_closed_engine_and_wrong_inputs_raise_one_line_errors() -> None:
+    from eamstcn.runtime.engines.base import EngineError, TensorSpec
+    from eamstcn.runtime.engines.torch_engine import TorchEngine
+
+    specs = (TensorSpec("image", (1, 3, 32, 32)),)
+    engine = TorchEngine("key_encoder", lambda image: (image, image, image, image), specs, ())
+    with pytest.raises(EngineError, match="key_encoder takes inputs"):
+        engine(wrong=torch.zeros(1, 3, 32, 32))
+    engine.close()
+    with pytest.raises(EngineError, match="key_encoder engine is closed"):
+        engine(image=torch.zeros(1, 3, 32, 32))

@@ -74,6 +74,35 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+class GraphEngine:
+    """What every backend shares: the graph's name, its I/O specs and the check each call
+    makes first. Subclasses call :meth:`_begin_call` at the top of ``__call__`` and
+    ``super().close()`` in ``close``."""
+
+    def __init__(self, graph: str, input_specs: tuple[TensorSpec, ...], output_specs: tuple[TensorSpec, ...]) -> None:
+        self.graph = graph
+        self._input_specs = input_specs
+        self._output_specs = output_specs
+        self._closed = False
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self._input_specs
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self._output_specs
+
+    def _begin_call(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Raise :class:`EngineError` when closed or when ``inputs`` are not the graph's."""
+        if self._closed:
+            raise EngineError(f"{self.graph} engine is closed")
+        check_inputs(self.graph, self._input_specs, inputs)
+
+    def close(self) -> None:
+        self._closed = True
+
+
 def check_inputs(graph: str, specs: tuple[TensorSpec, ...], inputs: dict[str, torch.Tensor]) -> None:
     """Raise :class:`EngineError` when ``inputs`` does not name exactly the graph's inputs."""
     expected = [spec.name for spec in specs]

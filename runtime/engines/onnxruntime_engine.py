@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, TensorSpec, check_inputs, normalize_device
+from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, normalize_device
 from eamstcn.runtime.manifest import GraphFile, Manifest
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -41,7 +41,7 @@ def cuda_provider_available() -> bool:
     return CUDA_PROVIDER in onnxruntime.get_available_providers()
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(GraphEngine):
     """One graph in an ONNX Runtime session, fed and read as torch tensors on ``device``."""
 
     def __init__(
@@ -54,29 +54,17 @@ class OnnxRuntimeEngine:
         run_options: Any = None,
         stream: torch.cuda.Stream | None = None,
     ) -> None:
-        self.graph = graph
+        super().__init__(graph, input_specs, output_specs)
         self._session = session
         self._device = device
-        self._input_specs = input_specs
-        self._output_specs = output_specs
         self._output_names = [spec.name for spec in output_specs]
         self._run_options = run_options
         self._stream = stream
         self._binding = session.io_binding() if device.type == "cuda" else None
         self._outputs: dict[int, dict[str, torch.Tensor]] = {}  # K -> preallocated outputs (CUDA)
 
-    @property
-    def input_specs(self) -> tuple[TensorSpec, ...]:
-        return self._input_specs
-
-    @property
-    def output_specs(self) -> tuple[TensorSpec, ...]:
-        return self._output_specs
-
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self._session is None:
-            raise EngineError(f"{self.graph} engine is closed")
-        check_inputs(self.graph, self._input_specs, inputs)
+        self._begin_call(inputs)
         if self._binding is None:
             return self._run_cpu(inputs)
         return self._run_cuda(inputs)
@@ -127,6 +115,7 @@ class OnnxRuntimeEngine:
         return dict(outputs)
 
     def close(self) -> None:
+        super().close()
         self._session = None
         self._binding = None
         self._outputs.clear()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, TensorSpec, check_inputs, normalize_device
+from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, normalize_device
 from eamstcn.runtime.manifest import Manifest
 
 
@@ -32,7 +32,7 @@ def tensorrt_available() -> bool:
     return True
 
 
-class TensorRTEngine:
+class TensorRTEngine(GraphEngine):
     """One plan with its execution context; runs on torch's current CUDA stream.
 
     Outputs are preallocated per object count K and reused (valid until the next call
@@ -40,14 +40,12 @@ class TensorRTEngine:
     """
 
     def __init__(self, graph: str, engine: Any, device: torch.device, input_specs: tuple[TensorSpec, ...], output_specs: tuple[TensorSpec, ...]) -> None:
-        self.graph = graph
+        super().__init__(graph, input_specs, output_specs)
         self._engine = engine
         self._context = engine.create_execution_context()
         if self._context is None:
             raise EngineError(f"TensorRT could not create an execution context for {graph} (out of GPU memory?)")
         self._device = device
-        self._input_specs = input_specs
-        self._output_specs = output_specs
         self._outputs: dict[int, dict[str, torch.Tensor]] = {}
         self.object_range = self._profile_object_range()
 
@@ -62,18 +60,8 @@ class TensorRTEngine:
                 has_object_axis = True
         return (low, high) if has_object_axis else (1, 1)
 
-    @property
-    def input_specs(self) -> tuple[TensorSpec, ...]:
-        return self._input_specs
-
-    @property
-    def output_specs(self) -> tuple[TensorSpec, ...]:
-        return self._output_specs
-
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self._context is None:
-            raise EngineError(f"{self.graph} engine is closed")
-        check_inputs(self.graph, self._input_specs, inputs)
+        self._begin_call(inputs)
         num_objects = next((t.shape[0] for n, t in inputs.items() if n in graph_spec.OBJECT_AXIS_TENSORS), 1)
         low, high = self.object_range
         if not low <= num_objects <= high:
@@ -103,6 +91,7 @@ class TensorRTEngine:
         return dict(outputs)
 
     def close(self) -> None:
+        super().close()
         self._context = None
         self._engine = None
         self._outputs.clear()

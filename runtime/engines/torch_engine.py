@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, TensorSpec, check_inputs, normalize_device
+from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, normalize_device
 from eamstcn.runtime.manifest import Manifest, checkpoint_manifest
 
 
-class TorchEngine:
+class TorchEngine(GraphEngine):
     """One graph as a method of the loaded network (``encode_key``, ``encode_value``, ``decode``).
 
     Inputs are passed positionally in :data:`eamstcn.graph_spec.GRAPH_IO` order; outputs
@@ -30,31 +30,21 @@ class TorchEngine:
         input_specs: tuple[TensorSpec, ...],
         output_specs: tuple[TensorSpec, ...],
     ) -> None:
-        self.graph = graph
+        super().__init__(graph, input_specs, output_specs)
         self._method: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]] | None = method
-        self._input_specs = input_specs
-        self._output_specs = output_specs
         self._input_names = graph_spec.GRAPH_IO[graph][0]
         self._output_names = graph_spec.GRAPH_IO[graph][1]
 
-    @property
-    def input_specs(self) -> tuple[TensorSpec, ...]:
-        return self._input_specs
-
-    @property
-    def output_specs(self) -> tuple[TensorSpec, ...]:
-        return self._output_specs
-
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self._method is None:
-            raise EngineError(f"{self.graph} engine is closed")
-        check_inputs(self.graph, self._input_specs, inputs)
+        self._begin_call(inputs)
+        assert self._method is not None  # set until close(), which _begin_call checks
         with torch.inference_mode():
             result = self._method(*(inputs[name] for name in self._input_names))
         outputs = result if isinstance(result, tuple) else (result,)
         return dict(zip(self._output_names, outputs, strict=True))
 
     def close(self) -> None:
+        super().close()
         self._method = None
 
 
