@@ -106,7 +106,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {version!r}; this eamstcn reads version {FORMAT_VERSION}")
     try:
-        config = ModelConfig.from_dict(dict(payload["model_config"]))
+        config = ModelConfig.from_dict(dict(payload["model_config"]), legacy=True)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} has an invalid model config: {error}") from None
     weights = payload.get("weights")

@@ -70,7 +70,10 @@ class SaveConfig:
 
     mode: SaveMode = "adaptive"
     save_every: int | None = None
-    cooldown: int = 4
+    # Frames blocked after a save: a save at t blocks t+1..t+cooldown. The original code's
+    # ``max_save_rate = 4`` ("n+1 to force n frames") decrements before it checks, so it
+    # blocks 3 frames and t+4 may save (checked against ../shared/fixtures/seed-save-rule).
+    cooldown: int = 3
     image_threshold: float = 4.0
     mask_threshold: float = 0.99
     mask_roc_high: float = 0.3

@@ -124,7 +124,7 @@ def parse_manifest(data: dict[str, Any], root: Path | None, source: str = MANIFE
             f"re-export with `{EXPORT_HINT}`"
         )
     try:
-        model_config = ModelConfig.from_dict(dict(data["model_config"]))
+        model_config = ModelConfig.from_dict(dict(data["model_config"]), legacy=True)
         frame_size = _pair(data["frame_size"])
         padded_size = _pair(data["padded_size"])
         pads = tuple(int(v) for v in data["pads"])

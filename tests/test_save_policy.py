@@ -120,17 +120,22 @@ def test_periodic_rule_in_adaptive_mode() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cooldown_after_every_save(dtype: torch.dtype) -> None:
     # Mask diffs .40, 0, .40, 0, ...: msk_roc = .40 triggers at every t >= 2.
-    # Save at 2, cooldown blocks 3-6; save 7, blocks 8-11 (10 too); save 12; 17; 22.
+    # Save at 2, the cooldown blocks 3-5 (as the original's max_save_rate = 4); save 6,
+    # blocks 7-9; save 10 (trigger and period); 14; 18; 22.
     steps = [(0, 40), (0, 0)] * 12
-    assert saved_frames(run(SaveConfig(), steps, dtype=dtype)) == [2, 7, 12, 17, 22]
+    assert saved_frames(run(SaveConfig(), steps, dtype=dtype)) == [2, 6, 10, 14, 18, 22]
+    # A 4-frame cooldown (t+1..t+4 blocked) saves every 5th frame instead.
+    assert saved_frames(run(SaveConfig(cooldown=4), steps, dtype=dtype)) == [2, 7, 12, 17, 22]
     # Without a cooldown every triggered frame saves.
     assert saved_frames(run(SaveConfig(save_every=NO_PERIOD, cooldown=0), steps[:6])) == [2, 3, 4, 5, 6]
 
 
 def test_cooldown_blocks_the_periodic_rule_too() -> None:
-    # every 3, cooldown 4, no motion: save 3, blocks 4-7 (6 too), 8 is not a multiple,
-    # save 9, blocks 10-13 (12), save 15, blocks 16-19 (18), save 21.
+    # every 3, cooldown 3, no motion: save 3, blocks 4-6 (6 too), 7 and 8 are not
+    # multiples, save 9, blocks 10-12 (12), save 15, blocks 16-18 (18), save 21.
     assert saved_frames(run(SaveConfig(save_every=3), [(0, 0)] * 23)) == [3, 9, 15, 21]
+    # every 2, cooldown 3: save 2, blocks 3-5 (4 too), save 6, 10, 14.
+    assert saved_frames(run(SaveConfig(save_every=2), [(0, 0)] * 15)) == [2, 6, 10, 14]
 
 
 def test_fixed_mode_ignores_motion_and_cooldown() -> None:
@@ -169,9 +174,9 @@ def test_at_most_one_host_sync_per_call_and_none_when_decided_on_the_host(monkey
         before = len(calls)
         policy.should_save(t, *stream.step(0, 40 if t % 2 else 0))  # msk_roc .40 from t = 2
         syncs.append(len(calls) - before)
-    # t=1: no roc yet; t=2: trigger read (save); 3-6 cooldown; t=7: read (save); 8-11
-    # cooldown; t=12: read (save).
-    assert syncs == [0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+    # t=1: no roc yet; t=2: trigger read (save); 3-5 cooldown; t=6: read (save); 7-9
+    # cooldown; t=10: periodic (save, decided on the host); 11-12 cooldown.
+    assert syncs == [0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
 
 
 def test_reset_and_misuse() -> None:

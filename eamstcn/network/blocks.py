@@ -26,21 +26,33 @@ class ResBlock(nn.Module):
 
 
 class FeatureExpansion(nn.Module):
-    """f16 (B, C16, h, w) -> f16x (B, C, h, w): conv-BN-SiLU, then a depthwise-separable residual."""
+    """f16 (B, C16, h, w) -> f16x (B, C, h, w): conv-BN-SiLU, then a depthwise-separable residual.
 
-    def __init__(self, in_channels: int, channels: int) -> None:
+    ``bn_eps`` is 1e-3 in EamStcn (as in its trunks). ``drop_path`` is the stochastic-depth
+    rate of the residual branch while training (0.2 in the original recipe; identity in eval).
+    """
+
+    def __init__(self, in_channels: int, channels: int, bn_eps: float = 1e-3) -> None:
         super().__init__()
-        self.expand = nn.Sequential(conv3x3(in_channels, channels, bias=False), nn.BatchNorm2d(channels), nn.SiLU())
+        self.expand = nn.Sequential(
+            conv3x3(in_channels, channels, bias=False), nn.BatchNorm2d(channels, eps=bn_eps), nn.SiLU())
         self.depthwise = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-            nn.BatchNorm2d(channels),
+            nn.BatchNorm2d(channels, eps=bn_eps),
             nn.SiLU(),
         )
-        self.pointwise = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.pointwise = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels, eps=bn_eps))
+        self.drop_path = 0.0
 
     def forward(self, f16: torch.Tensor) -> torch.Tensor:
         x = self.expand(f16)
-        return x + self.pointwise(self.depthwise(x))
+        residual = self.pointwise(self.depthwise(x))
+        if self.training and self.drop_path > 0:
+            # Per-sample stochastic depth, scaled so the expectation is unchanged.
+            keep = 1.0 - self.drop_path
+            mask = residual.new_empty((residual.shape[0], 1, 1, 1)).bernoulli_(keep)
+            residual = residual * mask / keep
+        return x + residual
 
 
 class Fusion(nn.Module):

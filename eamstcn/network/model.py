@@ -28,7 +28,7 @@ class EamStcn(nn.Module):
         # RGB + this object's probability + the sum of the other objects' probabilities.
         self.value_trunk = Trunk(cfg.value_backbone, in_channels=5)
         key_channels = self.key_trunk.channels
-        self.expansion = FeatureExpansion(key_channels.f16, cfg.value_dim)
+        self.expansion = FeatureExpansion(key_channels.f16, cfg.value_dim, bn_eps=cfg.expansion_bn_eps)
         self.key_projection = conv3x3(cfg.value_dim, cfg.key_dim)
         # Orthogonal rows (as STCN) give keys of unit-scale spread at initialisation: with
         # the default init the affinity is nearly flat (max softmax weight 0.035 over 60

@@ -15,9 +15,19 @@ from eamstcn.training.config import Phase, TrainConfig, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train EamStcn (phase 1: stills, phase 2: video).")
 
-Data = Annotated[Path, typer.Option("--data", help="Training data folder (see docs/TRAINING.md for layouts).")]
+Data = Annotated[list[Path], typer.Option(
+    "--data", help="Training data folder (see docs/TRAINING.md for layouts); repeat to mix, e.g. real video + generated clips.")]
+Resolution = Annotated[Optional[str], typer.Option(
+    "--resolution", help="DAVIS resolution folder under JPEGImages/ (default: 480p, else the only one, e.g. 240p).")]
+HoldOut = Annotated[Optional[list[str]], typer.Option(
+    "--hold-out", help="Sequence of --data kept out of training and validated on; repeat for several.")]
+BnMomentum = Annotated[Optional[float], typer.Option(
+    "--bn-momentum", min=0.0, max=1.0, help="BatchNorm momentum (reference: 0.01 as the original; tiny: 0.1).")]
+DropPath = Annotated[Optional[float], typer.Option(
+    "--drop-path", min=0.0, max=0.99, help="Stochastic depth, rising to this over each trunk and in the expansion block "
+                                             "(reference: 0.2 as the original; tiny: 0).")]
 Out = Annotated[Path, typer.Option("--out", help="Folder for latest.pth, best.pth and log.jsonl.")]
-Preset = Annotated[str, typer.Option("--preset", help="reference (GPU, STCN recipe) or tiny (CPU).")]
+Preset = Annotated[str, typer.Option("--preset", help="reference (GPU, STCN recipe), tiny (CPU, generated clips) or real-cpu (CPU, real video + generated clips).")]
 Iterations = Annotated[Optional[int], typer.Option("--iterations", min=1)]
 Crop = Annotated[Optional[str], typer.Option(
     "--crop", help="Training crop HxW, multiples of 16 (tiny: 96x160, the whole eamstcn-synth frame).")]
@@ -27,7 +37,8 @@ Dice = Annotated[Optional[float], typer.Option("--dice-weight", min=0.0,
                  help="Weight of the soft Dice term added to the cross-entropy (0: CE alone; preset default).")]
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue a run exactly from its latest.pth.")]
 Init = Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights (phase 2 after phase 1).")]
-Val = Annotated[Optional[Path], typer.Option("--val", help="DAVIS-layout folder; best.pth follows its J&F.")]
+Val = Annotated[Optional[list[Path]], typer.Option(
+    "--val", help="DAVIS-layout folder; best.pth follows its J&F (with --hold-out's). Repeat for several.")]
 ValEvery = Annotated[Optional[int], typer.Option("--val-every", min=1)]
 CheckpointEvery = Annotated[Optional[int], typer.Option("--checkpoint-every", min=1)]
 Seed = Annotated[Optional[int], typer.Option("--seed")]
@@ -37,9 +48,9 @@ Weights = Annotated[Optional[Path], typer.Option("--backbone-weights", help="Loc
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 
-def _run(phase: Phase, data: Path, out: Path, preset_name: str, overrides: dict[str, object],
-         resume: Path | None, init: Path | None, val: Path | None, device: str | None,
-         weights: Path | None, quiet: bool) -> None:
+def _run(phase: Phase, data: list[Path], out: Path, preset_name: str, overrides: dict[str, object],
+         resume: Path | None, init: Path | None, val: list[Path] | None, device: str | None,
+         weights: Path | None, quiet: bool, sources: "DataSources") -> None:
     from eamstcn.checkpoint import CheckpointError
     from eamstcn.network.backbone import BackboneError
     from eamstcn.training.layouts import LayoutError
@@ -49,12 +60,13 @@ def _run(phase: Phase, data: Path, out: Path, preset_name: str, overrides: dict[
         config: TrainConfig = replace(preset(preset_name, phase), **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    if not data.is_dir():
-        typer.echo(f"error: data folder not found: {data}", err=True)
-        raise typer.Exit(2)
+    for folder in [*data, *(val or [])]:
+        if not folder.is_dir():
+            typer.echo(f"error: data folder not found: {folder}", err=True)
+            raise typer.Exit(2)
     try:
-        result = train(config, data, out, resume=resume, init=init, val=val, device=device,
-                       backbone_weights=weights, progress=not quiet)
+        result = train(config, data, out, resume=resume, init=init, val=val or None, device=device,
+                       backbone_weights=weights, progress=not quiet, sources=sources)
     except (CheckpointError, LayoutError, BackboneError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
@@ -71,11 +83,17 @@ def _command(phase: Phase) -> Callable[..., None]:
         resume: Resume = None, init: Init = None, val: Val = None,
         val_every: ValEvery = None, checkpoint_every: CheckpointEvery = None, seed: Seed = None,
         device: Device = None, workers: Workers = None, backbone_weights: Weights = None, quiet: Quiet = False,
+        resolution: Resolution = None, hold_out: HoldOut = None, bn_momentum: BnMomentum = None,
+        drop_path: DropPath = None,
     ) -> None:
+        from eamstcn.training.trainer import DataSources
+
         overrides = dict(iterations=iterations, crop=size_option(crop, "--crop", 16, 4096), batch_size=batch_size,
                          lr=lr, dice_weight=dice_weight,
-                         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, num_workers=workers)
-        _run(phase, data, out, preset_name, overrides, resume, init, val, device, backbone_weights, quiet)
+                         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, num_workers=workers,
+                         bn_momentum=bn_momentum, drop_path=drop_path, expansion_drop_path=drop_path)
+        sources = DataSources(resolution=resolution, hold_out=tuple(hold_out or ()))
+        _run(phase, data, out, preset_name, overrides, resume, init, val, device, backbone_weights, quiet, sources)
 
     return command
 

@@ -87,6 +87,12 @@ class TrainConfig:
     video_warp: float = 0.5  # per-frame affine strength on video relative to stills (0: none)
     reverse_p: float = 0.5
     freeze_bn: bool = True
+    # As the original trains: BatchNorm momentum 0.01 everywhere; stochastic depth rising
+    # linearly to ``drop_path`` over each trunk's blocks, ``expansion_drop_path`` on the
+    # feature-expansion residual. Training only; recorded in every checkpoint's metadata.
+    bn_momentum: float = 0.01
+    drop_path: float = 0.2
+    expansion_drop_path: float = 0.2
     amp: bool = True  # only ever used on CUDA
     num_workers: int = 4
     seed: int = 0
@@ -107,6 +113,11 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight}")
+        if not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must lie in (0, 1], got {self.bn_momentum}")
+        for name in ("drop_path", "expansion_drop_path"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if not 1 <= self.max_objects <= 2:
             raise ValueError(f"max_objects must be 1 or 2, got {self.max_objects}")
 
@@ -139,6 +150,11 @@ _TINY = TrainConfig(
     zoom=(1.0, 1.2),  # never below 1: smaller frames would be padded with black
     video_warp=0.0,  # generated video already moves; warps add black borders it never shows
     freeze_bn=False,
+    # Short runs from scratch: statistics must follow weights that move fast (PyTorch's
+    # 0.1, not 0.01), and 900 steps are too few for stochastic depth to pay off.
+    bn_momentum=0.1,
+    drop_path=0.0,
+    expansion_drop_path=0.0,
     amp=False,
     num_workers=0,
     log_every=20,
@@ -147,7 +163,24 @@ _TINY = TrainConfig(
     val_size=None,
 )
 
-PRESETS: dict[str, TrainConfig] = {"reference": _REFERENCE, "tiny": _TINY}
+#: CPU preset for real video (DAVIS-2016 at 240p) mixed with generated clips: the tiny
+#: network and recipe at a larger crop, zoomed so that 240p frames and 224x400 generated
+#: frames both fill it; longer gaps (real video moves less per frame than generated
+#: clips); a little per-frame warp. docs/TRAINING.md has the commands and numbers.
+_REAL_CPU = replace(
+    _TINY,
+    crop=(128, 224),
+    iterations=1500,
+    bootstrap=BootstrapSchedule(start=300, end=900, final_p=0.2),
+    gaps=GapCurriculum(gaps=(2, 4, 6, 8, 10, 3), starts=(0.0, 0.1, 0.2, 0.3, 0.4, 0.9)),
+    zoom=(0.6, 0.85),
+    video_warp=0.2,
+    checkpoint_every=100,
+    val_every=250,
+    val_size=(144, 256),
+)
+
+PRESETS: dict[str, TrainConfig] = {"reference": _REFERENCE, "tiny": _TINY, "real-cpu": _REAL_CPU}
 
 
 def preset(name: str, phase: Phase) -> TrainConfig:

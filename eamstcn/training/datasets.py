@@ -217,9 +217,17 @@ class VideoClips(ClipDataset):
         self.videos = usable[rank::world_size] or usable
         self.max_gap_at = max_gap_at
         self.reverse_p = reverse_p
+        # Each source folder gets an equal share of samples, however many videos it holds
+        # (30 real sequences next to 300 generated clips would otherwise be 10% of samples).
+        sources = [v.source for v in self.videos]
+        counts = {s: sources.count(s) for s in set(sources)}
+        self._weights = None if len(counts) == 1 else np.array([1.0 / (len(counts) * counts[s]) for s in sources])
 
     def _raw(self, rng: np.random.Generator, index: int) -> tuple[Frames, Frames]:
-        video = self.videos[int(rng.integers(len(self.videos)))]
+        if self._weights is None:
+            video = self.videos[int(rng.integers(len(self.videos)))]
+        else:
+            video = self.videos[int(rng.choice(len(self.videos), p=self._weights))]
         annotated = video.annotated
         gap = max(1, round(self.max_gap_at(index) / video.stride))
         picks = [annotated[i] for i in choose_frames(rng, len(annotated), gap)]

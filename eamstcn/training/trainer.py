@@ -27,8 +27,9 @@ from eamstcn.network import EamStcn
 from eamstcn.training.config import TrainConfig
 from eamstcn.training.datasets import Augmentation, ClipDataset, StillClips, VideoClips
 from eamstcn.training.distributed import DistInfo, choose_device, init_distributed, local_rank_from_env, shutdown
-from eamstcn.training.layouts import find_stills, find_videos
+from eamstcn.training.layouts import find_all_videos, find_stills
 from eamstcn.training.loss import bootstrap_fraction, bootstrapped_cross_entropy, soft_dice_loss
+from eamstcn.training.regularisation import apply_regularisation
 from eamstcn.training.step import TrainWrapper
 
 
@@ -77,16 +78,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _make_dataset(config: TrainConfig, data: Path, info: DistInfo) -> ClipDataset:
+def _make_dataset(config: TrainConfig, data: list[Path], info: DistInfo, sources: DataSources) -> ClipDataset:
     kwargs = dict(max_objects=config.max_objects, augmentation=Augmentation(zoom=config.zoom, video_warp=config.video_warp))
     if config.phase == "phase1":
-        return StillClips(find_stills(data), config.crop, config.seed, info.rank, info.world_size, **kwargs)
+        stills = [pair for root in data for pair in find_stills(root, sources.resolution)]
+        return StillClips(stills, config.crop, config.seed, info.rank, info.world_size, **kwargs)
     per_rank = config.batch_size
 
     def max_gap_at(index: int) -> int:
         return config.gaps.max_gap(index // per_rank, config.iterations)
 
-    return VideoClips(find_videos(data), config.crop, config.seed, max_gap_at, info.rank, info.world_size,
+    videos = find_all_videos(data, sources.resolution, sources.hold_out)
+    return VideoClips(videos, config.crop, config.seed, max_gap_at, info.rank, info.world_size,
                       reverse_p=config.reverse_p, **kwargs)
 
 
@@ -100,6 +103,15 @@ def _initial_network(config: TrainConfig, init: Path | None, backbone_weights: P
     if backbone_weights is not None:
         network.load_backbone_weights(backbone_weights, backbone_weights)
     return network, config
+
+
+@dataclass(frozen=True)
+class DataSources:
+    """Where samples come from besides ``--data``: the DAVIS resolution folder (None:
+    480p, or the only one) and sequences held out of training and validated on."""
+
+    resolution: str | None = None
+    hold_out: tuple[str, ...] = ()
 
 
 class _Logger:
@@ -116,12 +128,13 @@ class _Logger:
 
 def train(
     config: TrainConfig,
-    data: str | Path,
+    data: str | Path | list[Path],
     out: str | Path,
     *,
     resume: str | Path | None = None,
     init: str | Path | None = None,
-    val: str | Path | None = None,
+    val: str | Path | list[Path] | None = None,
+    sources: DataSources = DataSources(),
     device: str | None = None,
     backbone_weights: str | Path | None = None,
     progress: bool = True,
@@ -129,32 +142,50 @@ def train(
 ) -> TrainResult:
     """Train for ``config.iterations`` steps (continuing from ``resume`` when given).
 
-    Writes (rank 0 only) ``out/latest.pth`` every ``checkpoint_every`` steps and at the
-    end, ``out/best.pth`` whenever validation J&F on ``val`` improves, ``out/log.jsonl``.
+    ``data`` and ``val`` may be several folders (real video plus generated clips);
+    ``sources.hold_out`` names sequences of ``data`` kept out of training and added to
+    validation. Writes (rank 0 only) ``out/latest.pth`` every ``checkpoint_every`` steps
+    and at the end, ``out/best.pth`` whenever validation J&F improves, ``out/log.jsonl``.
     ``stop_at`` ends the run early at that step (checkpoint written) while the learning
     rate and curricula still follow ``config.iterations``; ``--resume`` continues it.
     """
     torch_device = choose_device(device, local_rank_from_env())
     info = init_distributed(torch_device)
     try:
-        return _train(config, Path(data), Path(out), resume, init, val, torch_device, info, backbone_weights, progress,
-                      stop_at)
+        roots = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+        val_roots = [] if val is None else [Path(val)] if isinstance(val, (str, Path)) else [Path(v) for v in val]
+        val_sets: list[tuple[Path, list[str] | None]] = [(root, None) for root in val_roots]
+        if sources.hold_out:
+            val_sets += [(root, held) for root in roots
+                         if (held := [n for n in sources.hold_out if _has_sequence(root, n, sources.resolution)])]
+        return _train(config, roots, Path(out), resume, init, val_sets or None, torch_device, info, backbone_weights,
+                      progress, stop_at, sources)
     finally:
         shutdown(info)
 
 
+def _has_sequence(root: Path, name: str, resolution: str | None) -> bool:
+    from eamstcn.training.layouts import find_videos
+
+    try:
+        return any(video.name == name for video in find_videos(root, resolution))
+    except ValueError:
+        return False
+
+
 def _train(
     config: TrainConfig,
-    data: Path,
+    data: list[Path],
     out: Path,
     resume: str | Path | None,
     init: str | Path | None,
-    val: str | Path | None,
+    val: list[tuple[Path, list[str] | None]] | None,
     device: torch.device,
     info: DistInfo,
     backbone_weights: str | Path | None,
     progress: bool,
     stop_at: int | None,
+    sources: DataSources = DataSources(),
 ) -> TrainResult:
     resume_state = load_checkpoint(resume) if resume is not None else None
     if resume_state is not None:
@@ -165,6 +196,7 @@ def _train(
     # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(config.seed)
     network, config = _initial_network(config, Path(init) if init else None, backbone_weights)
+    apply_regularisation(network, config.bn_momentum, config.drop_path, config.expansion_drop_path)
     random.seed(config.seed + info.rank)
     np.random.seed(config.seed + info.rank)
     torch.manual_seed(config.seed + info.rank)
@@ -192,7 +224,7 @@ def _train(
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = DistributedDataParallel(wrapper, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = _make_dataset(config, data, info)
+    dataset = _make_dataset(config, data, info, sources)
     last = min(config.iterations, stop_at) if stop_at else config.iterations
     indices = range(step * config.batch_size, last * config.batch_size)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=indices, num_workers=config.num_workers,
@@ -214,7 +246,9 @@ def _train(
                 "scaler": scaler.state_dict() if use_amp else None,
                 "step": step, "best_jf": best_jf, "rng": rng, "world_size": info.world_size,
             }
-            save_checkpoint(path, network, training, {"train_config": config.to_dict()})
+            save_checkpoint(path, network, training, {
+                "train_config": config.to_dict(), "data": [str(root) for root in data],
+                "resolution": sources.resolution, "hold_out": list(sources.hold_out)})
 
     losses: list[float] = []
     wrapper.train()

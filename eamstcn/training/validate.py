@@ -53,28 +53,35 @@ def segment_dense(network: EamStcn, frames: np.ndarray, first_mask: np.ndarray, 
     return labels
 
 
-def validate(network: EamStcn, root: str | Path, device: torch.device,
+def validate(network: EamStcn, root: str | Path | list[tuple[Path, list[str] | None]], device: torch.device,
              size: tuple[int, int] | None = None) -> float:
-    """Mean J&F (0..100) over every object of every sequence of a DAVIS-layout folder.
+    """Mean J&F (0..100) over every object of every sequence of a DAVIS-layout folder, or
+    of several: ``root`` may be a list of (folder, sequence names or None for all).
+    The resolution folder is found as training finds it (480p, or the only one).
     ``size`` (H, W) resizes frames and truth first (faster on big validation clips)."""
+    from eamstcn.training.layouts import resolution_of
+
+    sources = [(Path(root), None)] if isinstance(root, (str, Path)) else root
     j_all: list[float] = []
     f_all: list[float] = []
-    for seq in list_sequences(root):
-        frames, masks = load_sequence(root, seq)
-        if any(m is None for m in masks) or len(frames) < 3:
-            continue
-        truth = np.stack(masks)  # type: ignore[arg-type]
-        if size is not None:
-            frames = np.stack([cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA) for f in frames])
-            truth = np.stack([cv2.resize(m, size[::-1], interpolation=cv2.INTER_NEAREST) for m in truth])
-        object_ids = [int(i) for i in np.unique(truth[0]) if i not in (0, 255)]
-        if not object_ids:
-            continue
-        predicted = segment_dense(network, frames, truth[0], object_ids, device)
-        for scores in evaluate_sequence(truth, predicted, object_ids).values():
-            j_all.append(float(scores["J"].mean()))
-            f_all.append(float(scores["F"].mean()))
+    for folder, names in sources:
+        resolution = resolution_of(folder)
+        for seq in names if names is not None else list_sequences(folder, resolution):
+            frames, masks = load_sequence(folder, seq, resolution)
+            if any(m is None for m in masks) or len(frames) < 3:
+                continue
+            truth = np.stack(masks)  # type: ignore[arg-type]
+            if size is not None:
+                frames = np.stack([cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA) for f in frames])
+                truth = np.stack([cv2.resize(m, size[::-1], interpolation=cv2.INTER_NEAREST) for m in truth])
+            object_ids = [int(i) for i in np.unique(truth[0]) if i not in (0, 255)]
+            if not object_ids:
+                continue
+            predicted = segment_dense(network, frames, truth[0], object_ids, device)
+            for scores in evaluate_sequence(truth, predicted, object_ids).values():
+                j_all.append(float(scores["J"].mean()))
+                f_all.append(float(scores["F"].mean()))
     if not j_all:
-        raise ValueError(f"no annotated sequence to validate on in {root}")
+        raise ValueError(f"no annotated sequence to validate on in {', '.join(str(f) for f, _ in sources)}")
     # A plain float: numpy scalars would make the checkpoint fail weights_only loading.
     return float(100.0 * (np.mean(j_all) + np.mean(f_all)) / 2.0)
