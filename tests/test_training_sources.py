@@ -136,6 +136,7 @@ def test_checkpoints_written_before_the_eps_field_keep_their_outputs(tmp_path: P
 def test_reference_preset_trains_as_the_original() -> None:
     config = preset("reference", "phase2")
     assert (config.bn_momentum, config.drop_path, config.expansion_drop_path) == (0.01, 0.2, 0.2)
+    assert not config.freeze_bn  # the original trains its BatchNorms (momentum 0.01)
     tiny = preset("tiny", "phase2")
     assert (tiny.bn_momentum, tiny.drop_path) == (0.1, 0.0)
     with pytest.raises(ValueError, match="drop_path"):

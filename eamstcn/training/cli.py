@@ -46,6 +46,8 @@ Device = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cp
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Data-loader worker processes.")]
 Weights = Annotated[Optional[Path], typer.Option("--backbone-weights", help="Local timm ImageNet weights for both trunks.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+FreezeBn = Annotated[Optional[bool], typer.Option(
+    "--freeze-bn/--train-bn", help="Keep BatchNorm statistics fixed (STCN) or train them (the original EamStcn; default).")]
 
 
 def _run(phase: Phase, data: list[Path], out: Path, preset_name: str, overrides: dict[str, object],
@@ -84,14 +86,15 @@ def _command(phase: Phase) -> Callable[..., None]:
         val_every: ValEvery = None, checkpoint_every: CheckpointEvery = None, seed: Seed = None,
         device: Device = None, workers: Workers = None, backbone_weights: Weights = None, quiet: Quiet = False,
         resolution: Resolution = None, hold_out: HoldOut = None, bn_momentum: BnMomentum = None,
-        drop_path: DropPath = None,
+        drop_path: DropPath = None, freeze_bn: FreezeBn = None,
     ) -> None:
         from eamstcn.training.trainer import DataSources
 
         overrides = dict(iterations=iterations, crop=size_option(crop, "--crop", 16, 4096), batch_size=batch_size,
                          lr=lr, dice_weight=dice_weight,
                          val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, num_workers=workers,
-                         bn_momentum=bn_momentum, drop_path=drop_path, expansion_drop_path=drop_path)
+                         bn_momentum=bn_momentum, drop_path=drop_path, expansion_drop_path=drop_path,
+                         freeze_bn=freeze_bn)
         sources = DataSources(resolution=resolution, hold_out=tuple(hold_out or ()))
         _run(phase, data, out, preset_name, overrides, resume, init, val, device, backbone_weights, quiet, sources)
 

@@ -65,7 +65,8 @@ class TrainConfig:
     """Everything one training run needs besides paths.
 
     ``crop`` is (H, W) of training samples, multiples of 16. ``freeze_bn`` keeps batch-norm
-    statistics fixed (STCN, with pretrained trunks); from scratch they must train.
+    statistics fixed (STCN does, with pretrained trunks); the original EamStcn trains them
+    with momentum 0.01, and from scratch they must train.
     """
 
     phase: Phase = "phase1"
@@ -86,7 +87,7 @@ class TrainConfig:
     zoom: tuple[float, float] = (0.6, 1.0)  # frame scale before the crop, relative to native
     video_warp: float = 0.5  # per-frame affine strength on video relative to stills (0: none)
     reverse_p: float = 0.5
-    freeze_bn: bool = True
+    freeze_bn: bool = False  # as the original EamStcn (STCN froze them: --freeze-bn)
     # As the original trains: BatchNorm momentum 0.01 everywhere; stochastic depth rising
     # linearly to ``drop_path`` over each trunk's blocks, ``expansion_drop_path`` on the
     # feature-expansion residual. Training only; recorded in every checkpoint's metadata.
