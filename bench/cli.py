@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -33,6 +35,16 @@ Examples:
   eamstcn-bench --checkpoint best.pth --engines engines --video street.mp4 --mask first.png
   eamstcn-bench --sweep both --plot bench.png --csv bench.csv --json bench.json
 """
+
+
+def _timestamped(started: float) -> Callable[[str], None]:
+    """Progress lines on stderr with the seconds since the start: which stage (building,
+    exporting, warming up, measuring backend X) is running, and that it still is."""
+
+    def notify(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return notify
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -79,9 +91,9 @@ def bench(
         )
         from eamstcn.bench.runner import run_bench
 
-        report = run_bench(config)
+        report = run_bench(config, notify=_timestamped(time.perf_counter()))
     except ValueError as error:  # every user-caused error type in eamstcn is a ValueError
-        typer.echo(f"Error: {error}", err=True)
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

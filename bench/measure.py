@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +54,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_clip(engines: EngineSet, clip: Clip, memory: MemoryConfig, save: SaveConfig, frames: int | None = None) -> RunRecord:
-    """One pass of a fresh session over ``clip`` with timing on."""
+def run_clip(
+    engines: EngineSet, clip: Clip, memory: MemoryConfig, save: SaveConfig, frames: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunRecord:
+    """One pass of a fresh session over ``clip`` with timing on; ``progress(done, total)``
+    is called after every frame (the caller decides how often to print)."""
     device = engines.device
     count = len(clip.frames) if frames is None else min(frames, len(clip.frames))
     pin = device.type == "cuda"
@@ -86,6 +91,8 @@ def run_clip(engines: EngineSet, clip: Clip, memory: MemoryConfig, save: SaveCon
         saved += int(stats.saved)
         if index % 8 == 0:
             peak_host = max(peak_host, _host_rss_mb())
+        if progress is not None:
+            progress(index + 1, count)
     _sync(device)
     elapsed = time.perf_counter() - start
     peak_host = max(peak_host, _host_rss_mb())

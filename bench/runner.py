@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,10 @@ def _measure(
         with engines:
             notify(f"{name}: {engines.describe()}")
             if warmup:
+                notify(f"{name}: warming up ({warmup} frames, not timed)")
                 run_clip(engines, clip, memory, save, frames=warmup + 1)
-            record = run_clip(engines, clip, memory, save)
+            notify(f"{name}: measuring {len(clip.frames)} frames")
+            record = run_clip(engines, clip, memory, save, progress=_every(PROGRESS_EVERY_S, name, notify))
         result = summarise(name, engines, record)
         if name == BASELINE:
             reference, baseline_fps = record.labels, result.fps
@@ -184,6 +187,24 @@ def _measure(
         notify(f"{name}: {result.fps:.2f} FPS, median {result.frame_median_ms:.1f} ms/frame")
         results.append(result)
     return results
+
+
+#: Seconds between two progress lines while one backend is measured.
+PROGRESS_EVERY_S = 10.0
+
+
+def _every(seconds: float, name: str, notify: Notify) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that says where the measurement is, at most
+    every ``seconds``: a long backend must not look like a hang."""
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            notify(f"{name}: frame {done}/{total}")
+
+    return progress
 
 
 def _sweeps(config: BenchConfig, names: list[str], device: torch.device, engines_dir: Path | None,

@@ -55,9 +55,26 @@ def summary_table(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
+def _bundled_checkpoint() -> Path:
+    """The bundled model's checkpoint, announced in one line; a missing or damaged one is
+    an :class:`ExportError` (one line)."""
+    from eamstcn.default_model import BundledModelError, BundledModelMissing, bundled_model
+
+    try:
+        model = bundled_model()
+    except BundledModelMissing:
+        raise ExportError("no --checkpoint given and the bundled model is missing in this install: pass --checkpoint best.pth") from None
+    except BundledModelError as error:
+        raise ExportError(str(error)) from None
+    typer.echo(model.describe(), err=True)
+    return model.path
+
+
 @app.command(help=_HELP)
 def export(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="EamStcn checkpoint (.pth) written by eamstcn-train."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="EamStcn checkpoint (.pth) written by eamstcn-train; default: the bundled model."
+    ),
     out: Path = typer.Option(Path("engines"), "--out", help="Bundle folder; an existing bundle there is replaced."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 ONNX graphs (GPU providers) and TensorRT FP16 plans."),
     size: str = typer.Option(
@@ -73,6 +90,8 @@ def export(
 ) -> None:
     started = time.perf_counter()
     try:
+        if checkpoint is None:
+            checkpoint = _bundled_checkpoint()
         config = ExportConfig(
             checkpoint=checkpoint, out=out, fp16=fp16, frame_size=parse_size(size), max_objects=max_objects,
             opset=opset, simplify=simplify, trt=trt, workspace_gb=workspace,

@@ -1,8 +1,8 @@
 """``eamstcn-run``: segment a camera, video, stream or frame folder from a first-frame mask.
 
 Thin: parses options into :class:`~eamstcn.runtime.runner.RunOptions` and calls
-:func:`~eamstcn.runtime.runner.run`. User errors print one line and exit 2; Ctrl-C
-flushes outputs and exits 130.
+:func:`~eamstcn.runtime.runner.run` (or :func:`~eamstcn.runtime.demo.run_demo` for
+``--demo``). User errors print one line and exit 2; Ctrl-C flushes outputs and exits 130.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from eamstcn.cli_errors import run_app
+from eamstcn.runtime import quiet_opencv  # noqa: F401  (before anything opens a video)
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.runner import USER_ERRORS, RunError, RunOptions, parse_add_mask, run
 
@@ -47,11 +48,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 @app.command()
 def segment(
-    mask: Annotated[Path, typer.Option("--mask", help="First-frame mask: palette PNG, 0/255 binary or RGB colour-coded.")],
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="First-frame mask: palette PNG, 0/255 binary or RGB colour-coded.")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Segment a generated clip with the bundled model; outputs in --output (default ./eamstcn-demo).")] = False,
     camera: Annotated[Optional[int], typer.Option("--camera", help="Camera index.")] = None,
     video: Annotated[Optional[str], typer.Option("--video", help="Video file, or rtsp:// / http:// stream URL.")] = None,
     frames: Annotated[Optional[Path], typer.Option("--frames", help="Folder of .jpg/.png frames (sorted by name).")] = None,
-    engines: Annotated[Optional[Path], typer.Option("--engines", help="Engine bundle from eamstcn-export (default ./engines).")] = None,
+    engines: Annotated[Optional[Path], typer.Option("--engines", help="Engine bundle from eamstcn-export (default ./engines where it exists, else the bundled model).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="best.pth, for the PyTorch path.")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="auto picks tensorrt > onnxruntime > torch.")] = Backend.auto,
     precision: Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA where available.")] = Precision.auto,
@@ -59,15 +61,22 @@ def segment(
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Periodic save interval (default 5 fixed, 10 adaptive).")] = None,
     memory_frames: Annotated[int, typer.Option("--memory-frames", help="Memory capacity in frames.")] = 16,
     top_k: Annotated[int, typer.Option("--top-k", help="Memory positions read per query position.")] = 20,
-    add_mask: Annotated[Optional[list[str]], typer.Option("--add-mask", help="FRAME:PATH, objects added at that frame (repeatable).")] = None,
+    add_mask: Annotated[Optional[list[str]], typer.Option("--add-mask", help="FRAME:PATH at that frame: grey-level/binary masks add new objects; palette ids add or correct (repeatable).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Write masks/, overlay.mp4 and stats.csv here.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (where a display exists).")] = False,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many frames.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")] = None,
 ) -> None:
     """Segment the objects of the first-frame mask through a live feed or a video."""
-    _quiet_opencv()
     try:
+        _check_values(memory_frames, top_k, save_every, max_frames)
+        if demo:
+            if any(value is not None for value in (mask, camera, video, frames)) or add_mask:
+                raise RunError("--demo brings its own clip and first mask: drop --mask, --add-mask and the source")
+            _run_demo(output, checkpoint, engines, backend.value, device)
+            return
+        if mask is None:
+            raise RunError("--mask is required: the first frame's mask (or try --demo)")
         options = RunOptions(
             mask=mask,
             camera=camera,
@@ -103,22 +112,40 @@ def segment(
         raise typer.Exit(130)
 
 
-def _quiet_opencv() -> None:
-    """OpenCV prints its own WARN lines (e.g. for a camera that will not open) next to our
-    one-line errors; our messages say what went wrong, so keep only its errors."""
-    import cv2
+def _run_demo(output: Path | None, checkpoint: Path | None, engines: Path | None, backend: str, device: str | None) -> None:
+    from eamstcn.runtime.demo import DEFAULT_DEMO_DIR, run_demo
 
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    except AttributeError:  # OpenCV builds without the logging utilities
-        pass
+    result = run_demo(output or DEFAULT_DEMO_DIR, checkpoint, engines, backend, device or "cpu")
+    for line in result.lines():
+        typer.echo(line)
+    if result.summary.interrupted:
+        raise typer.Exit(130)
+
+
+#: Config field -> the flag that sets it, so messages name what the user typed.
+_FLAGS = {"capacity": "--memory-frames", "top_k": "--top-k", "save_every": "--save-every"}
+
+
+def _check_values(memory_frames: int, top_k: int, save_every: int | None, max_frames: int | None) -> None:
+    if memory_frames < 2:
+        raise RunError(f"--memory-frames must be at least 2 (the first frame stays; one slot must be free to replace), got {memory_frames}")
+    if top_k < 1:
+        raise RunError(f"--top-k must be at least 1, got {top_k}")
+    if save_every is not None and save_every < 1:
+        raise RunError(f"--save-every must be at least 1, got {save_every}")
+    if max_frames is not None and max_frames < 1:
+        raise RunError(f"--max-frames must be at least 1, got {max_frames}")
 
 
 def _config(kind: type, **values: object) -> object:
     try:
         return kind(**values)
     except ValueError as error:
-        raise RunError(f"invalid {kind.__name__} option: {error}") from None
+        message = str(error)
+        for name, flag in _FLAGS.items():  # the config's field names are not what users typed
+            if message.startswith(f"{name} "):
+                message = flag + message[len(name):]
+        raise RunError(message) from None
 
 
 def main() -> None:

@@ -4,7 +4,10 @@ The runtime trusts only the manifest and checks it against the files beside it. 
 problem is a :class:`ManifestError` with one line that says what is wrong and how to fix
 it. File integrity: sizes are always checked; full sha256 hashes only with
 ``verify="sha256"`` (hashing hundreds of MB at every start is slow on an edge device, and
-a size check already catches the usual truncated or half-copied bundle).
+a size check already catches the usual truncated or half-copied bundle). Each ONNX file's
+own inputs and outputs (names, shapes with their dynamic axes, dtypes) must be the ones
+the manifest lists: the session sizes every buffer from the manifest, so an edited or
+mismatched manifest is refused here rather than failing (or silently misreading) later.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from eamstcn.config import ModelConfig
 from eamstcn.fileio import file_sha256
 from eamstcn.ops import pad_amounts
 from eamstcn.runtime.engines.base import TensorSpec
+from eamstcn.runtime.onnx_io import OnnxReadError, ValueSignature, read_signature
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_TAG = "eamstcn-engines"
@@ -111,6 +115,8 @@ def load_manifest(engines_dir: str | Path, verify: Literal["size", "sha256"] = "
     for entry in manifest.graphs.values():
         for graph_file in entry.files:
             check_file(graph_file, verify)
+            if graph_file.format == "onnx":
+                check_onnx_signature(entry, graph_file)
     return manifest
 
 
@@ -140,6 +146,12 @@ def parse_manifest(data: dict[str, Any], root: Path | None, source: str = MANIFE
         found = sorted(graphs_data) if isinstance(graphs_data, dict) else graphs_data
         raise ManifestError(f"{source} lists graphs {found}; expected {list(graph_spec.GRAPHS)}")
     graphs = {name: _parse_graph(name, graphs_data[name], root, source) for name in graph_spec.GRAPHS}
+    image = graphs[graph_spec.KEY_ENCODER].inputs[0]
+    if image.shape != (1, 3, *padded_size):
+        raise ManifestError(
+            f"{source}: {graph_spec.KEY_ENCODER} image is {list(image.shape)} but padded_size is {list(padded_size)}: "
+            f"the manifest was edited; re-export with `{EXPORT_HINT}`"
+        )
     return Manifest(root, model_config, frame_size, padded_size, pads, max_objects, graphs, data)  # type: ignore[arg-type]
 
 
@@ -204,6 +216,60 @@ def check_file(graph_file: GraphFile, verify: Literal["size", "sha256"] = "size"
     if verify == "sha256" and graph_file.sha256:
         if file_sha256(path) != graph_file.sha256:
             raise ManifestError(f"{path} does not match the sha256 in {MANIFEST_NAME}: re-export with `{EXPORT_HINT}`")
+
+
+def _dims(shape: tuple[int | str | None, ...]) -> str:
+    return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"
+
+
+def _same_shape(listed: tuple[int | str, ...], found: tuple[int | str | None, ...]) -> bool:
+    """Fixed sizes must be equal; the manifest's "K" must be a dynamic (named) axis in the
+    file, whatever its name (onnxslim may rename it)."""
+    if len(listed) != len(found):
+        return False
+    for want, have in zip(listed, found):
+        if want == "K":
+            if not isinstance(have, str):
+                return False
+        elif want != have:
+            return False
+    return True
+
+
+def check_onnx_signature(entry: GraphEntry, graph_file: GraphFile) -> None:
+    """The ONNX file declares exactly the manifest's inputs and outputs: names in order,
+    shapes (fixed sizes and the dynamic object axis) and the file's dtype."""
+    path = graph_file.path
+    try:
+        signature = read_signature(path)
+    except (OnnxReadError, OSError) as error:
+        raise ManifestError(f"{path} is not a readable ONNX model ({error}): re-export with `{EXPORT_HINT}`") from None
+    dtype_name = {torch.float32: "float32", torch.float16: "float16"}[graph_file.dtype]
+    for kind, listed, found in (("inputs", entry.inputs, signature.inputs), ("outputs", entry.outputs, signature.outputs)):
+        listed_names = [spec.name for spec in listed]
+        found_names = [value.name for value in found]
+        if listed_names != found_names:
+            raise ManifestError(
+                f"{MANIFEST_NAME} lists {entry.name} {kind} {listed_names} but {path.name} has {found_names}: "
+                f"the manifest does not belong to these files; re-export with `{EXPORT_HINT}`"
+            )
+        for spec, value in zip(listed, found):
+            problem = _signature_problem(spec, value, dtype_name)
+            if problem:
+                listed_text, found_text = problem
+                raise ManifestError(
+                    f"{MANIFEST_NAME} gives {entry.name} {kind[:-1]} {spec.name} as {listed_text} but {path.name} has "
+                    f"{found_text}: the manifest was edited or belongs to another export; re-export with `{EXPORT_HINT}`"
+                )
+
+
+def _signature_problem(spec: TensorSpec, value: ValueSignature, dtype_name: str) -> tuple[str, str] | None:
+    """(as listed, as found) where the file disagrees with the manifest, else None."""
+    if not _same_shape(spec.shape, value.shape):
+        return _dims(spec.shape), _dims(value.shape)
+    if value.dtype != dtype_name:
+        return dtype_name, value.dtype
+    return None
 
 
 def checkpoint_manifest(

@@ -1,40 +1,54 @@
 """Run one stream end to end: source -> session -> outputs. The library behind ``eamstcn-run``.
 
-User mistakes raise ValueError subclasses with one-line messages (:data:`USER_ERRORS`);
-outputs are closed on every exit path (Ctrl-C included), so what was written is kept.
+User mistakes raise ValueError subclasses with one-line messages (:data:`USER_ERRORS`).
+Everything that can be checked before the first frame is (masks, option values, the
+model, the source and its first frame, object ids, top-k against the memory), and the
+output folder is created only once the first frame has been segmented, so a refused run
+leaves nothing behind. Outputs are written by a writer thread and closed on every exit
+path (Ctrl-C included), so what was segmented is kept.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eamstcn.runtime import quiet_opencv  # noqa: F401  (before cv2: FFmpeg reads its log level once)
+
 import cv2
 import numpy as np
 import torch
 
-from eamstcn.data.davis_io import MaskError, read_mask
+from eamstcn.data.davis_io import MaskError, MaskFile, read_user_mask
+from eamstcn.default_model import BundledModelError, BundledModelMissing, bundled_model
+from eamstcn.graph_spec import STRIDE
+from eamstcn.ops import padded_size
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
-from eamstcn.runtime.engines.base import EngineError
+from eamstcn.runtime.engines.base import EngineError, EngineSet
 from eamstcn.runtime.engines.factory import open_engines
-from eamstcn.runtime.manifest import ManifestError
-from eamstcn.runtime.session import Session, SessionError
-from eamstcn.runtime.sinks import Display, OutputWriter
+from eamstcn.runtime.manifest import EXPORT_HINT, ManifestError
+from eamstcn.runtime.session import DEFAULT_MAX_OBJECTS, Session, SessionError
+from eamstcn.runtime.sinks import AsyncOutputWriter, Display, OutputError, OutputWriter
 from eamstcn.runtime.sources import FrameUploader, SourceError, open_source
 
 DEFAULT_ENGINES = Path("engines")
 #: Relative difference of H/W ratios up to which a mask counts as the frames' aspect ratio.
 ASPECT_TOLERANCE = 0.01
+#: Seconds between two plain progress lines when stderr is not a terminal.
+PROGRESS_EVERY_S = 10.0
 
 
 class RunError(ValueError):
     """A run option that cannot be used; one line meant for the user."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (RunError, SourceError, ManifestError, EngineError, MaskError, SessionError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    RunError, SourceError, ManifestError, EngineError, MaskError, SessionError, OutputError, BundledModelError,
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,9 @@ class RunOptions:
     show: bool = False
     max_frames: int | None = None
     progress: bool = True
+    progress_every_s: float = PROGRESS_EVERY_S
+    #: Frames the writer thread may be behind before the loop waits for it.
+    writer_queue: int = 8
 
 
 @dataclass
@@ -99,11 +116,16 @@ def fit_mask(ids: np.ndarray, frame_shape: tuple[int, int], source: str, notify:
     mask_h, mask_w = ids.shape
     if (mask_h, mask_w) == (height, width):
         return ids
+    _check_aspect(ids.shape, frame_shape, source)
+    notify(f"mask {source} is {mask_w}x{mask_h}, frames are {width}x{height}: resizing the mask (nearest)")
+    return cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def _check_aspect(mask_shape: tuple[int, ...], frame_shape: tuple[int, int], source: str) -> None:
+    (mask_h, mask_w), (height, width) = mask_shape, frame_shape
     ratio, mask_ratio = height / width, mask_h / mask_w
     if abs(mask_ratio - ratio) / ratio > ASPECT_TOLERANCE:
         raise RunError(f"mask {source} is {mask_w}x{mask_h} but the frames are {width}x{height}: another aspect ratio")
-    notify(f"mask {source} is {mask_w}x{mask_h}, frames are {width}x{height}: resizing the mask (nearest)")
-    return cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def _check_engine_aspect(shape: tuple[int, int], engine_size: tuple[int, int] | None, notify: Callable[[str], None]) -> None:
@@ -118,11 +140,120 @@ def _check_engine_aspect(shape: tuple[int, int], engine_size: tuple[int, int] | 
         )
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    ids = read_mask(path)
-    if not ids.any():
-        raise RunError(f"mask {path} has no object (every pixel is background)")
-    return ids
+def _read_mask(path: Path, option: str) -> MaskFile:
+    mask = read_user_mask(path)
+    if not mask.ids.any():
+        raise RunError(f"{option} {path} has no object (every pixel is background)")
+    return mask
+
+
+# --------------------------------------------------------------------------- object ids
+
+
+@dataclass(frozen=True)
+class AddedMask:
+    """An ``--add-mask`` with the ids it will carry in the session (H, W) uint8."""
+
+    frame: int
+    path: Path
+    ids: np.ndarray
+    new_ids: tuple[int, ...]
+    corrected_ids: tuple[int, ...]
+    explicit: bool
+
+    def describe(self) -> str:
+        """One line: which ids this mask adds or corrects, and why."""
+        def ids(values: tuple[int, ...]) -> str:
+            return f"id{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
+
+        where = f"--add-mask {self.frame}:{self.path}"
+        if not self.explicit:
+            count = len(self.new_ids)
+            return (
+                f"{where}: a grey-level mask ({count} object{'s' if count > 1 else ''}) adds new object {ids(self.new_ids)} "
+                "(to correct a tracked object, draw its id in a palette PNG)"
+            )
+        parts = [f"adds new object {ids(self.new_ids)}"] if self.new_ids else []
+        parts += [f"corrects {ids(self.corrected_ids)}"] if self.corrected_ids else []
+        return f"{where}: palette ids; {' and '.join(parts)}"
+
+
+def plan_object_ids(first: MaskFile, added: list[tuple[int, Path, MaskFile]]) -> tuple[tuple[int, ...], list[AddedMask]]:
+    """The ids every mask will carry, in frame order; returns (all ids, the added masks).
+
+    The first mask's ids are as read. A later mask whose file names its ids (palette PNG,
+    DAVIS palette colours) adds the ids not tracked yet and corrects those that are. A
+    grey-level, binary or arbitrary-colour mask cannot name a tracked object: its objects
+    (ranked 1..n within the file) become new ids after the largest id tracked so far.
+    """
+    tracked = sorted(int(v) for v in np.unique(first.ids) if v)
+    planned: list[AddedMask] = []
+    for frame, path, mask in sorted(added, key=lambda item: item[0]):
+        present = sorted(int(v) for v in np.unique(mask.ids) if v)
+        if mask.explicit_ids:
+            ids = mask.ids
+            new = [v for v in present if v not in tracked]
+            corrected = [v for v in present if v in tracked]
+        else:
+            start = max(tracked)
+            if start + len(present) > 255:
+                raise RunError(f"--add-mask {frame}:{path} would need object ids above 255")
+            table = np.zeros(256, dtype=np.uint8)
+            for rank, value in enumerate(present, start=1):
+                table[value] = start + rank
+            ids = table[mask.ids]
+            new, corrected = [start + rank for rank in range(1, len(present) + 1)], []
+        tracked = sorted(set(tracked) | set(new))
+        planned.append(AddedMask(frame, path, ids, tuple(new), tuple(corrected), mask.explicit_ids))
+    return tuple(tracked), planned
+
+
+# --------------------------------------------------------------------------- model
+
+
+def resolve_model(engines: Path | None, checkpoint: Path | None, notify: Callable[[str], None]) -> tuple[Path | None, Path | None]:
+    """(engines folder, checkpoint) to open: as given; else ``./engines`` when it exists;
+    else the bundled model (saying so in one line)."""
+    if engines is not None or checkpoint is not None:
+        return engines, checkpoint
+    if DEFAULT_ENGINES.exists():
+        return DEFAULT_ENGINES, None
+    try:
+        model = bundled_model()
+    except BundledModelMissing:
+        raise RunError(
+            f"no model: ./{DEFAULT_ENGINES} does not exist and the bundled model is missing in this install; "
+            f"pass --checkpoint best.pth or --engines DIR (build one with `{EXPORT_HINT}`)"
+        ) from None
+    notify(model.describe())
+    return None, model.path
+
+
+def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:
+    """Top-k runs over memory positions: frames held x (H/16 x W/16) positions per frame.
+    A k above what the bank can ever hold is a mistake, not a request to clamp."""
+    height, width = padded[0] // STRIDE, padded[1] // STRIDE
+    slots = memory.capacity + int(memory.temporary_slot)
+    positions = slots * height * width
+    if memory.top_k > positions:
+        raise RunError(
+            f"--top-k {memory.top_k} is more than the memory holds: --memory-frames {memory.capacity} x "
+            f"{height}x{width} positions per frame = {positions}; use --top-k {positions} or less (default 20)"
+        )
+
+
+def _check_output(output: Path) -> None:
+    """The output must be a folder, or a path where one can be made."""
+    if output.exists() and not output.is_dir():
+        raise RunError(f"--output {output} is a file: give a folder (it will hold masks/, overlay.mp4 and stats.csv)")
+    for parent in output.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"--output {output}: {parent} is a file, not a folder")
+            break
+
+
+# --------------------------------------------------------------------------- the run
 
 
 def _with_last_flag(
@@ -155,60 +286,88 @@ def _notice(message: str) -> None:
     print(f"notice: {message}", file=sys.stderr)
 
 
-def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSummary:
-    """Segment the source's frames; return what happened. Raises ``USER_ERRORS`` for bad input."""
+def _validate_options(options: RunOptions) -> None:
     sources = [value for value in (options.camera, options.video, options.frames) if value is not None]
     if len(sources) != 1:
         raise RunError("give exactly one source: --camera N, --video PATH_OR_URL or --frames DIR")
-    first_mask = _read_mask(options.mask)
-    extra_masks: dict[int, tuple[Path, np.ndarray]] = {}
-    for frame_index, path in options.add_masks:
-        if frame_index < 1:
-            raise RunError(f"--add-mask frame must be >= 1 (frame 0 uses --mask), got {frame_index}")
-        extra_masks[frame_index] = (path, _read_mask(path))
     if options.max_frames is not None and options.max_frames < 1:
         raise RunError("--max-frames must be >= 1")
+    for frame_index, _ in options.add_masks:
+        if frame_index < 1:
+            raise RunError(f"--add-mask frame must be >= 1 (frame 0 uses --mask), got {frame_index}")
+    if len({frame for frame, _ in options.add_masks}) != len(options.add_masks):
+        raise RunError("--add-mask: give each frame once (one mask file may hold several objects)")
+    if options.output is not None:
+        _check_output(options.output)
 
-    engines_dir = options.engines
-    if engines_dir is None and options.checkpoint is None:
-        engines_dir = DEFAULT_ENGINES
-    engines = open_engines(engines_dir, options.checkpoint, options.backend, options.device, options.precision)
-    summary = RunSummary(backend=engines.describe())
-    source = None
-    writer = None
+
+def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSummary:
+    """Segment the source's frames; return what happened. Raises ``USER_ERRORS`` for bad input."""
+    _validate_options(options)
+    first_mask = _read_mask(options.mask, "--mask")
+    added = [(frame, path, _read_mask(path, "--add-mask")) for frame, path in options.add_masks]
+    all_ids, planned = plan_object_ids(first_mask, added)
+
+    engines_dir, checkpoint = resolve_model(options.engines, options.checkpoint, notify)
+    # The source first: it is the cheap thing to get wrong (a typo in a path), engines take seconds.
+    source = open_source(options.camera, options.video, options.frames, notify=notify)
+    engines: EngineSet | None = None
+    writer: AsyncOutputWriter | None = None
     display = None
+    progress: _Progress | None = None
     try:
-        source = open_source(options.camera, options.video, options.frames, notify=notify)
-        session = Session(engines, options.memory, options.save, timing=options.output is not None)
+        frames = _with_last_flag(iter(source), options.max_frames, lookahead=not source.info.live)
+        first = next(frames, None)
+        if first is None:
+            raise RunError(f"{source.info.name} delivered no frame")
+        shape = (first[1].shape[0], first[1].shape[1])
+        _check_aspect(first_mask.ids.shape, shape, str(options.mask))
+        for item in planned:
+            _check_aspect(item.ids.shape, shape, str(item.path))
+
+        engines = open_engines(engines_dir, checkpoint, options.backend, options.device, options.precision)
+        summary = RunSummary(backend=engines.describe())
+        limit = engines.manifest.max_objects or max(DEFAULT_MAX_OBJECTS, len(all_ids))
+        if len(all_ids) > limit:
+            raise RunError(
+                f"--mask and --add-mask name {len(all_ids)} objects; these engines take at most {limit} "
+                f"(re-export with --max-objects {len(all_ids)})"
+            )
+        _check_top_k(options.memory, engines.manifest.padded_size or padded_size(*shape, STRIDE))
+        for item in planned:
+            notify(item.describe())
+        extra_masks = {item.frame: item for item in planned}
+
+        session = Session(engines, options.memory, options.save, max_objects=limit, timing=options.output is not None)
         upload = FrameUploader(engines.device)
-        if options.output is not None:
-            writer = OutputWriter(options.output, fps=source.info.fps or 25.0)
         if options.show:
             display = Display(notify=notify)
         total = source.info.frame_count
         if options.max_frames is not None:
             total = min(total or options.max_frames, options.max_frames)
-        progress = _progress(total, options.progress)
+        progress = _Progress(total, options.progress, options.progress_every_s)
         started = time.perf_counter()
         try:
-            for index, frame, is_last in _with_last_flag(iter(source), options.max_frames, lookahead=not source.info.live):
-                shape = (frame.shape[0], frame.shape[1])
+            for index, frame, is_last in itertools.chain([first], frames):
+                frame_shape = (frame.shape[0], frame.shape[1])
                 mask = None
                 if index == 0:
-                    mask = fit_mask(first_mask, shape, str(options.mask), notify)
-                    _check_engine_aspect(shape, engines.manifest.frame_size, notify)
+                    mask = fit_mask(first_mask.ids, frame_shape, str(options.mask), notify)
+                    _check_engine_aspect(frame_shape, engines.manifest.frame_size, notify)
                 elif index in extra_masks:
-                    path, ids = extra_masks.pop(index)
-                    mask = fit_mask(ids, shape, str(path), notify)
-                tensor = upload(frame)
-                probs = session.step(tensor, None if mask is None else torch.from_numpy(mask), is_last=is_last)
-                labels = session.labels(probs).cpu().numpy()  # the frame's one device -> host copy
+                    item = extra_masks.pop(index)
+                    mask = fit_mask(item.ids, frame_shape, str(item.path), notify)
+                probs = session.step(upload(frame), None if mask is None else torch.from_numpy(mask), is_last=is_last)
                 summary.frames += 1
-                if writer is not None:
-                    writer.write(index, frame, labels, session.last_stats)
-                if display is not None and not display.show(frame, labels):
-                    break
-                progress(summary.frames, time.perf_counter() - started)
+                if options.output is not None or display is not None:
+                    labels = session.labels(probs)  # (H, W) uint8 on the device; no sync here
+                    if options.output is not None:
+                        if writer is None:  # only now: a run refused earlier leaves no folder
+                            writer = _open_writer(options.output, source.info.fps, engines, options.writer_queue, notify)
+                        writer.submit(index, frame, labels, session.last_stats)
+                    if display is not None and not display.show(frame, labels.cpu().numpy()):  # a window needs it now
+                        break
+                progress.update(summary.frames, time.perf_counter() - started)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -216,32 +375,74 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
             summary.stored_frames = session.stored_frames
             summary.objects = session.num_objects
             summary.dropped = source.dropped
-            progress(None, 0.0)
         for frame_index in sorted(extra_masks):
             notify(f"--add-mask for frame {frame_index} was not used: the source ended before it")
     finally:
-        if writer is not None:
-            writer.close()
-        if display is not None:
-            display.close()
-        if source is not None:
+        if progress is not None:
+            progress.close()
+        try:
+            if writer is not None:
+                writer.close()  # drains the queue: every segmented frame is written
+        finally:
+            if display is not None:
+                display.close()
             source.close()
-        engines.close()
+            if engines is not None:
+                engines.close()
     return summary
 
 
-def _progress(total: int | None, enabled: bool) -> Callable[[int | None, float], None]:
-    """A live FPS line on an interactive terminal; calling it with None closes it."""
-    from tqdm import tqdm
+def _open_writer(
+    output: Path, fps: float | None, engines: EngineSet, queue_size: int, notify: Callable[[str], None]
+) -> AsyncOutputWriter:
+    try:
+        sink = OutputWriter(output, fps=fps or 25.0, notify=notify)
+    except OSError as error:
+        raise RunError(f"cannot write to --output {output}: {error.strerror or error}") from None
+    return AsyncOutputWriter(sink, engines.device, max_pending=queue_size)
 
-    bar = tqdm(total=total, unit="frame", dynamic_ncols=True, leave=False, disable=None if enabled else True)
 
-    def update(frames: int | None, seconds: float) -> None:
-        if frames is None:
-            bar.close()
+class _Progress:
+    """Progress while frames are segmented: a tqdm bar on an interactive terminal; where
+    stderr is a file or a pipe (a service, a log), one plain ``progress:`` line every
+    ``every_s`` seconds, so a long run is never silent."""
+
+    def __init__(self, total: int | None, enabled: bool, every_s: float, stream=None) -> None:
+        self.total = total
+        self.every_s = every_s
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._bar = None
+        self._last = time.monotonic()
+        if not enabled:
             return
-        bar.update(1)
-        if seconds > 0:
-            bar.set_postfix_str(f"{frames / seconds:.1f} FPS", refresh=False)
+        if _is_tty(self.stream):
+            from tqdm import tqdm
 
-    return update
+            self._bar = tqdm(total=total, unit="frame", dynamic_ncols=True, leave=False, file=self.stream)
+
+    def update(self, frames: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        fps = frames / seconds if seconds > 0 else 0.0
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(f"{fps:.1f} FPS", refresh=False)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            of = f"/{self.total}" if self.total else ""
+            print(f"progress: frame {frames}{of}, {fps:.1f} FPS, {seconds:.0f} s", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

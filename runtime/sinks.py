@@ -2,24 +2,36 @@
 
 - ``DIR/masks/%05d.png``: palette PNGs of the user's object ids (each written atomically);
 - ``DIR/overlay.mp4``: the frames with the objects' palette colours blended in, written
-  to a temporary name and renamed on close, so a finished file is always whole;
+  to a temporary name and renamed on close, so a finished file is always whole; a frame
+  of another size than the first is resized to the first one's (a video has one size);
 - ``DIR/stats.csv``: one row per frame, flushed every ``flush_every`` frames.
 
 :meth:`OutputWriter.close` runs on Ctrl-C and on errors too (use it as a context
 manager): everything written so far is kept.
+
+:class:`AsyncOutputWriter` moves the encoding off the segmentation loop: each frame's
+label map is copied to the host without waiting (into pinned buffers on CUDA) and a
+writer thread encodes PNGs and the video from a bounded set of buffers, so the loop
+never waits for a PNG or mp4 encoder unless the writer falls a whole queue behind.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import queue
 import sys
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from eamstcn.runtime import quiet_opencv  # noqa: F401  (before cv2: FFmpeg reads its log level once)
+
 import cv2
 import numpy as np
+import torch
 
 from eamstcn.data.davis_io import DAVIS_PALETTE, write_indexed_png
 from eamstcn.runtime.timing import STAGES, StepStats
@@ -48,8 +60,10 @@ class OutputWriter:
         video: bool = True,
         stats: bool = True,
         flush_every: int = 10,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self._notify = notify or _print_notice
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.fps = fps if fps and fps > 0 else 25.0
         self.flush_every = max(1, flush_every)
@@ -57,6 +71,8 @@ class OutputWriter:
         self._masks_dir = self.output_dir / "masks" if masks else None
         self._want_video = video
         self._video: cv2.VideoWriter | None = None
+        self._video_size: tuple[int, int] | None = None  # (width, height) of the first frame
+        self._resized_notice = False
         self._video_tmp = self.output_dir / ".overlay.partial.mp4"  # cv2 picks the container from the suffix
         self._stats_file: IO[str] | None = None
         self._stats: csv.writer | None = None  # type: ignore[valid-type]
@@ -87,8 +103,20 @@ class OutputWriter:
             if not self._video.isOpened():
                 self._video = None
                 self._want_video = False
-                print("notice: cannot write overlay.mp4 (no mp4v encoder in this OpenCV); skipping it", file=sys.stderr)
+                self._notify("cannot write overlay.mp4 (no mp4v encoder in this OpenCV); skipping it")
                 return
+            self._video_size = (width, height)
+        assert self._video_size is not None
+        if (width, height) != self._video_size:
+            # OpenCV's writer silently drops frames of another size: resize instead.
+            if not self._resized_notice:
+                self._resized_notice = True
+                target_w, target_h = self._video_size
+                self._notify(
+                    f"frames of another size than the first ({width}x{height} vs {target_w}x{target_h}) are resized "
+                    "to the first one's in overlay.mp4 (the masks keep each frame's own size)"
+                )
+            rgb = cv2.resize(rgb, self._video_size, interpolation=cv2.INTER_AREA)
         self._video.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
     def flush(self) -> None:
@@ -114,6 +142,112 @@ class OutputWriter:
         self.close()
 
 
+def _print_notice(message: str) -> None:
+    print(f"notice: {message}", file=sys.stderr)
+
+
+class OutputError(ValueError):
+    """Writing the outputs failed (disk full, folder removed...); one line for the user."""
+
+
+@dataclass
+class _Slot:
+    """One host buffer for a label map (pinned on CUDA) and the event its copy records."""
+
+    host: torch.Tensor | None = None
+    copied: torch.cuda.Event | None = None
+
+
+class AsyncOutputWriter:
+    """An :class:`OutputWriter` fed from the segmentation loop through a writer thread.
+
+    :meth:`submit` takes the label map where the session made it (on the device) and
+    returns at once: the map is copied into one of ``max_pending`` host buffers with a
+    non-blocking copy (pinned memory, CUDA only; on the CPU a plain copy, since the
+    session may reuse its output buffer), and the thread waits for that copy's event
+    before it encodes. When every buffer is in use, ``submit`` waits for the writer: no
+    frame is ever dropped. :meth:`close` drains what is queued and closes the files, on
+    Ctrl-C and errors too. An error in the thread is re-raised on the loop's thread as
+    one :class:`OutputError` line, at the next ``submit`` or at ``close``.
+    """
+
+    def __init__(self, writer: OutputWriter, device: torch.device, max_pending: int = 8) -> None:
+        self.writer = writer
+        self.device = torch.device(device)
+        self._pin = self.device.type == "cuda"
+        self._free: queue.Queue[_Slot] = queue.Queue()
+        for _ in range(max(1, max_pending)):
+            self._free.put(_Slot())
+        self._work: queue.Queue[tuple[int, np.ndarray, _Slot, StepStats | None] | None] = queue.Queue()
+        self._error: tuple[int, BaseException] | None = None
+        self._reported = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="output-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def frames_written(self) -> int:
+        return self.writer.frames_written
+
+    def submit(self, index: int, frame: np.ndarray, labels: torch.Tensor, stats: StepStats | None = None) -> None:
+        """Queue one frame: frame (H, W, 3) uint8 RGB on the host, labels (H, W) uint8 ids
+        on any device. Raises :class:`OutputError` once the writer thread has failed."""
+        self._raise_if_failed()
+        while True:
+            try:
+                slot = self._free.get(timeout=0.1)
+                break
+            except queue.Empty:  # the writer is a whole queue behind (or has failed)
+                self._raise_if_failed()
+        if slot.host is None or tuple(slot.host.shape) != tuple(labels.shape):
+            slot.host = torch.empty(tuple(labels.shape), dtype=torch.uint8, pin_memory=self._pin)
+        slot.host.copy_(labels, non_blocking=self._pin)
+        if self._pin:
+            if slot.copied is None:
+                slot.copied = torch.cuda.Event()
+            slot.copied.record(torch.cuda.current_stream(self.device))
+        self._work.put((index, frame, slot, stats))
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            index, frame, slot, stats = item
+            try:
+                if self._error is None:
+                    if slot.copied is not None:
+                        slot.copied.synchronize()
+                    assert slot.host is not None
+                    self.writer.write(index, frame, slot.host.numpy(), stats)
+            except Exception as error:  # surfaced on the loop's thread; later frames are skipped
+                self._error = (index, error)
+            finally:
+                self._free.put(slot)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None and not self._reported:
+            self._reported = True
+            index, error = self._error
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
+            raise OutputError(f"writing outputs to {self.writer.output_dir} failed at frame {index}: {reason}")
+
+    def close(self) -> None:
+        """Write everything queued, close the files; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._work.put(None)
+            self._thread.join()
+            self.writer.close()
+        self._raise_if_failed()
+
+    def __enter__(self) -> AsyncOutputWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _stats_row(index: int, stats: StepStats | None) -> list[object]:
     if stats is None:
         return [index, "", *("" for _ in STAGES), "", "", ""]
@@ -133,7 +267,7 @@ class Display:
 
     def __init__(self, title: str = "eamstcn", notify: Callable[[str], None] | None = None) -> None:
         self.title = title
-        self._notify = notify or (lambda message: print(f"notice: {message}", file=sys.stderr))
+        self._notify = notify or _print_notice
         self.enabled = display_available()
         if not self.enabled:
             self._notify("--show: no display here (DISPLAY is not set); not showing a window")

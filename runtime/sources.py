@@ -3,7 +3,8 @@
 Capture runs on a background thread. Live sources (camera, stream) keep only the newest
 frame: the segmenter never works through a backlog and latency stays bounded. Files lose
 no frame: a bounded queue blocks the reader instead. A stream that stops delivering is
-reopened a few times, then ends cleanly with a notice.
+reopened a few times, then ends cleanly with a notice; a file that ends before the frame
+count its container announces (truncated, damaged) says at which frame it stopped.
 
 Frames are RGB uint8 numpy arrays (H, W, 3) at this edge; :class:`FrameUploader` turns
 each into a torch tensor once (through pinned memory with a non-blocking copy on CUDA).
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from eamstcn.runtime import quiet_opencv  # noqa: F401  (before cv2: FFmpeg reads its log level once)
 
 import cv2
 import numpy as np
@@ -217,11 +220,18 @@ def _capture_source(
     capture = capture_factory(target)
     if not capture.isOpened():
         capture.release()
-        what = "camera" if isinstance(target, int) else ("stream" if live else "video")
-        raise SourceError(f"{what} {target} did not open" + (" (is it connected and free?)" if isinstance(target, int) else ""))
+        if isinstance(target, int):
+            raise SourceError(f"camera {target} did not open (is it connected and free?)")
+        if live:
+            raise SourceError(f"stream {target} did not open (wrong address, or the server is not answering)")
+        raise SourceError(
+            f"video {target} did not open: not a video OpenCV can read, or damaged "
+            "(an mp4 cut short loses the index at its end)"
+        )
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) or None
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    count = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) or None
     holder = {"capture": capture}
+    delivered = [0]
 
     def read_next() -> np.ndarray | None:
         ok, frame = holder["capture"].read()
@@ -237,7 +247,13 @@ def _capture_source(
         if not ok:
             if live:
                 notify(f"{name} ended: no frames after {retries} reconnection attempts")
+            elif count is not None and delivered[0] < count:
+                notify(
+                    f"{name} ended early at frame {delivered[0]}: {delivered[0]} of the {count} frames its container "
+                    "announces could be read (the file is truncated or damaged); the run ends there"
+                )
             return None
+        delivered[0] += 1
         return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
     return FrameSource(SourceInfo(name, live=live, fps=fps, frame_count=None if live else count), read_next, lambda: holder["capture"].release())

@@ -36,3 +36,23 @@ def test_help_exits_zero(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--crop" in out and "--dice-weight" in out
+
+
+def test_command_errors_say_error_in_lower_case(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Errors the commands raise themselves (not usage errors) also start with ``error:``."""
+    from typer.testing import CliRunner
+
+    from eamstcn.bench.cli import app as bench_app
+    from eamstcn.data.synth_cli import main as synth_main
+
+    result = CliRunner().invoke(bench_app, ["--objects", "0"])
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == ["error: --objects must be at least 1, got 0"]
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr("sys.argv", ["eamstcn-synth", "--out", str(tmp_path / "file" / "sub"), "--frames", "2",
+                                     "--sequences", "1", "--size", "64x64", "--no-progress"])
+    with pytest.raises(SystemExit) as info:
+        synth_main()
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write the dataset"), lines

@@ -52,7 +52,7 @@ def invoke(*args: object):
 
 def assert_one_line_error(result, contains: str, code: int = 2) -> None:
     assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("notice:")]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("notice:", "progress:"))]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and contains in lines[0], lines[0]
     assert "Traceback" not in result.output
@@ -157,8 +157,10 @@ def test_engines_folder_without_manifest(clip_files, tmp_path: Path) -> None:
 
 def test_default_engines_folder_missing(clip_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EAMSTCN_BUNDLED_MODEL", str(tmp_path / "no-bundled-model" / "MODEL.json"))
     result = invoke("--video", clip_files["video"], "--mask", clip_files["mask"])
     assert_one_line_error(result, "eamstcn-export --checkpoint best.pth --fp16")
+    assert "bundled model is missing in this install" in result.stderr
 
 
 def test_manifest_that_does_not_match_its_files(runtime_assets: RuntimeAssets, clip_files, tmp_path: Path) -> None:
@@ -185,19 +187,33 @@ def test_backend_not_installed(runtime_assets: RuntimeAssets, clip_files, monkey
 def test_bad_option_values(runtime_assets: RuntimeAssets, clip_files) -> None:
     base = ("--video", clip_files["video"], "--mask", clip_files["mask"], "--engines", runtime_assets.engines)
     assert_one_line_error(invoke(*base, "--add-mask", "x:y.png"), "FRAME:PATH")
-    assert_one_line_error(invoke(*base, "--memory-frames", 1), "capacity")
+    assert_one_line_error(invoke(*base, "--memory-frames", 1), "--memory-frames must be at least 2")
+    assert_one_line_error(invoke(*base, "--top-k", 0), "--top-k must be at least 1")
+    assert_one_line_error(invoke(*base, "--save-every", 0), "--save-every must be at least 1")
 
 
-def test_error_mid_stream_keeps_outputs(runtime_assets: RuntimeAssets, clip_files, tmp_path: Path) -> None:
+def test_add_mask_refused_before_any_output(runtime_assets: RuntimeAssets, clip_files, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = invoke(
         "--video", clip_files["video"], "--mask", clip_files["mask"], "--engines", runtime_assets.engines,
         "--add-mask", f"3:{clip_files['square']}", "--output", out,
     )
     assert_one_line_error(result, "another aspect ratio")
-    assert len(list((out / "masks").glob("*.png"))) == 3
-    assert len(open(out / "stats.csv").read().splitlines()) == 1 + 3
-    assert _video_frames(out / "overlay.mp4") == 3
+    assert not out.exists()  # checked before the first frame: no empty folder, no header-only stats.csv
+
+
+def test_error_mid_stream_keeps_outputs(runtime_assets: RuntimeAssets, clip, tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    for t, frame in enumerate(clip.frames[:8]):
+        write_frame(folder / f"{t:05d}.png", frame)
+    (folder / "00005.png").write_bytes(b"not a png")  # unreadable mid-stream
+    out = tmp_path / "out"
+    result = invoke("--frames", folder, "--mask", write_mask(tmp_path / "m.png", clip.masks[0]), "--engines", runtime_assets.engines, "--output", out)
+    assert_one_line_error(result, "cannot read frame")
+    written = len(list((out / "masks").glob("*.png")))
+    assert 1 <= written <= 5
+    assert len(open(out / "stats.csv").read().splitlines()) == 1 + written
+    assert _video_frames(out / "overlay.mp4") == written
 
 
 def test_ctrl_c_flushes_outputs_and_exits_130(runtime_assets: RuntimeAssets, clip_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from eamstcn.data.davis_io import read_mask, write_frame
-from eamstcn.runtime.sinks import STATS_COLUMNS, Display, OutputWriter, overlay
+from eamstcn.runtime.sinks import STATS_COLUMNS, AsyncOutputWriter, Display, OutputError, OutputWriter, overlay
 from eamstcn.runtime.sources import FrameUploader, SourceError, open_source
 from eamstcn.runtime.timing import StepStats
 
@@ -211,3 +211,135 @@ def test_show_without_a_display_is_one_notice(monkeypatch: pytest.MonkeyPatch) -
     assert display.show(frame, labels) and display.show(frame, labels)
     display.close()
     assert len(notices) == 1 and "no display" in notices[0]
+
+
+def _count_video_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+def test_overlay_resizes_frames_of_another_size(tmp_path: Path) -> None:
+    notices: list[str] = []
+    with OutputWriter(tmp_path, notify=notices.append) as writer:
+        for t in range(6):
+            frame, labels = _frame_and_labels(t)
+            if t % 2:
+                frame = cv2.resize(frame, (96, 64))
+                labels = cv2.resize(labels, (96, 64), interpolation=cv2.INTER_NEAREST)
+            writer.write(t, frame, labels)
+    assert _count_video_frames(tmp_path / "overlay.mp4") == 6  # OpenCV alone keeps 3
+    assert len(notices) == 1 and "48x32" in notices[0]
+    assert read_mask(tmp_path / "masks" / "00001.png").shape == (64, 96)
+
+
+def test_truncated_file_says_at_which_frame_it_ended() -> None:
+    class Announces20(FakeCapture):
+        def get(self, prop: int) -> float:
+            return 20.0 if prop == cv2.CAP_PROP_FRAME_COUNT else 10.0
+
+    notices: list[str] = []
+    make, _ = _factory([Announces20(list(range(1, 8)))])
+    with open_source(video=__file__, notify=notices.append, capture_factory=make) as source:
+        assert source.info.frame_count == 20
+        assert len(list(source)) == 7
+    assert len(notices) == 1 and "ended early at frame 7: 7 of the 20 frames" in notices[0]
+
+
+def test_complete_file_has_no_notice() -> None:
+    class Announces3(FakeCapture):
+        def get(self, prop: int) -> float:
+            return 3.0 if prop == cv2.CAP_PROP_FRAME_COUNT else 10.0
+
+    notices: list[str] = []
+    make, _ = _factory([Announces3([1, 2, 3])])
+    with open_source(video=__file__, notify=notices.append, capture_factory=make) as source:
+        assert len(list(source)) == 3
+    assert notices == []
+
+
+# --------------------------------------------------------------------------- writer thread
+
+
+def test_async_writer_writes_every_frame_in_order(tmp_path: Path) -> None:
+    with AsyncOutputWriter(OutputWriter(tmp_path, fps=10), torch.device("cpu"), max_pending=2) as writer:
+        for t in range(7):
+            frame, labels = _frame_and_labels(t)
+            writer.submit(t, frame, torch.from_numpy(labels), StepStats(frame=t, total_ms=1.0))
+    rows = list(csv.DictReader(open(tmp_path / "stats.csv")))
+    assert [int(r["frame"]) for r in rows] == list(range(7))
+    for t in (0, 6):
+        assert np.array_equal(read_mask(tmp_path / "masks" / f"{t:05d}.png"), _frame_and_labels(t)[1])
+    assert _count_video_frames(tmp_path / "overlay.mp4") == 7
+
+
+def test_async_writer_copies_the_labels_before_returning(tmp_path: Path) -> None:
+    """The session may reuse its output buffer for the next frame: what was submitted is
+    what gets written, even when the caller overwrites the tensor right after."""
+    writer = AsyncOutputWriter(OutputWriter(tmp_path, video=False, stats=False), torch.device("cpu"), max_pending=4)
+    gate = threading.Event()
+    real_write = writer.writer.write
+    writer.writer.write = lambda *args: (gate.wait(5), real_write(*args))  # type: ignore[method-assign]
+    buffer = torch.zeros(4, 4, dtype=torch.uint8)
+    for t in range(3):
+        buffer.fill_(t + 1)
+        writer.submit(t, np.zeros((4, 4, 3), np.uint8), buffer)
+    buffer.fill_(99)
+    gate.set()
+    writer.close()
+    assert [int(read_mask(tmp_path / "masks" / f"{t:05d}.png").max()) for t in range(3)] == [1, 2, 3]
+
+
+def test_a_slow_writer_loses_nothing_on_close(tmp_path: Path) -> None:
+    """Ctrl-C or the end of the stream: close() drains the queue before closing files."""
+    writer = AsyncOutputWriter(OutputWriter(tmp_path, flush_every=1000), torch.device("cpu"), max_pending=3)
+    real_write = writer.writer.write
+    writer.writer.write = lambda *args: (time.sleep(0.05), real_write(*args))  # type: ignore[method-assign]
+    for t in range(6):
+        frame, labels = _frame_and_labels(t)
+        writer.submit(t, frame, torch.from_numpy(labels))
+    writer.close()
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 6
+    assert len(open(tmp_path / "stats.csv").read().splitlines()) == 1 + 6
+    assert _count_video_frames(tmp_path / "overlay.mp4") == 6
+
+
+def test_an_error_in_the_writer_thread_is_one_line(tmp_path: Path) -> None:
+    writer = AsyncOutputWriter(OutputWriter(tmp_path, video=False), torch.device("cpu"), max_pending=2)
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer.writer.write = fail  # type: ignore[method-assign]
+    frame, labels = _frame_and_labels(0)
+    writer.submit(0, frame, torch.from_numpy(labels))
+    with pytest.raises(OutputError) as info:
+        for t in range(1, 50):  # the failure surfaces at a later submit
+            time.sleep(0.01)
+            writer.submit(t, frame, torch.from_numpy(labels))
+    assert str(info.value) == f"writing outputs to {tmp_path} failed at frame 0: No space left on device"
+    writer.close()  # already reported: closing says nothing more
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_async_writer_takes_cuda_labels_through_pinned_buffers(tmp_path: Path) -> None:
+    writer = AsyncOutputWriter(OutputWriter(tmp_path, video=False, stats=False), torch.device("cuda"), max_pending=2)
+    labels = torch.zeros(32, 48, dtype=torch.uint8, device="cuda")
+    labels[4:8] = 2
+    frame = np.zeros((32, 48, 3), np.uint8)
+    writer.submit(0, frame, labels)  # allocates the pinned buffers
+    writer.submit(1, frame, labels)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a steady frame: no host sync in submit
+    try:
+        for t in range(2, 6):
+            writer.submit(t, frame, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    writer.close()
+    for t in range(6):
+        assert np.array_equal(read_mask(tmp_path / "masks" / f"{t:05d}.png"), labels.cpu().numpy())

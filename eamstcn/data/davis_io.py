@@ -19,6 +19,7 @@ import os
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,14 @@ __all__ = [
     "DAVIS_PALETTE",
     "FRAME_EXTENSIONS",
     "MaskError",
+    "MaskFile",
     "annotation_paths",
     "frame_paths",
     "list_sequences",
     "load_sequence",
     "read_frame",
     "read_mask",
+    "read_user_mask",
     "write_frame",
     "write_indexed_png",
     "write_sequence",
@@ -142,12 +145,13 @@ def write_frame(path: StrPath, frame: np.ndarray, quality: int = 95) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _open_image(path: StrPath) -> Image.Image:
-    """Open and fully decode an image, turning every failure into :class:`MaskError`."""
+def _open_image(path: StrPath) -> tuple[Image.Image, str]:
+    """Open and fully decode an image, turning every failure into :class:`MaskError`;
+    returns the image and its file format ("PNG", "JPEG"...; a copy forgets it)."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now: truncated files fail here, not later
-            return image.copy()
+            return image.copy(), (image.format or "").upper()
     except FileNotFoundError:
         raise MaskError(f"mask file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
@@ -200,6 +204,27 @@ def _colours_to_ids(rgb: np.ndarray, background: np.ndarray, path: StrPath) -> n
     return ids_of_colour[inverse.ravel()].reshape(packed.shape).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class MaskFile:
+    """A mask file read as object ids.
+
+    ``ids`` (H, W) uint8, 0 background. ``explicit_ids``: the file names its ids (palette
+    indices, or RGB colours that are all DAVIS palette colours), so id 2 means object 2;
+    otherwise (grey levels, 0/255 binary, arbitrary colours) the ids are ranks 1..n
+    within this file and say nothing about which tracked object is meant.
+    """
+
+    ids: np.ndarray
+    explicit_ids: bool
+
+
+#: A level (grey value or colour) holding less than this share of the object pixels is
+#: "minor": anti-aliased edges and JPEG ringing make many minor levels, real objects few.
+_MINOR_SHARE = 0.01
+#: Container formats whose compression changes pixel values.
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
+
+
 def read_mask(path: StrPath) -> np.ndarray:
     """Read a mask file as object ids: (H, W) uint8, 0 background, 1..K objects.
 
@@ -213,22 +238,74 @@ def read_mask(path: StrPath) -> np.ndarray:
     Raises :class:`MaskError` (a ``ValueError``) with a one-line message when the file
     is missing, unreadable or holds more than 255 objects.
     """
-    image = _open_image(path)
+    return _read(path, strict=False).ids
+
+
+def read_user_mask(path: StrPath) -> MaskFile:
+    """Read a mask a person made (``eamstcn-run --mask/--add-mask``): ids and whether the
+    file names them (:class:`MaskFile`), as :func:`read_mask` reads them.
+
+    Also refuses, in one line, a mask that was saved lossy or with smoothed edges (a
+    binary mask saved as JPEG has dozens of grey levels, which would otherwise read as
+    dozens of objects): a JPEG/WebP file with more than one object level, or a file whose
+    levels are mostly "minor" ones (each on under 1% of the object pixels: edge pixels).
+    """
+    return _read(path, strict=True)
+
+
+def _read(path: StrPath, strict: bool) -> MaskFile:
+    image, file_format = _open_image(path)
     mode = image.mode
+    lossy_format = file_format in _LOSSY_FORMATS
     if mode in ("P", "PA"):
         ids = np.array(image.getchannel(0) if mode == "PA" else image, dtype=np.uint8)
         nonzero = np.unique(ids[ids != 0])
         if len(nonzero) == 1 and nonzero[0] == 255:
-            ids = (ids != 0).astype(np.uint8)
-        return np.ascontiguousarray(ids)
+            return MaskFile((ids != 0).astype(np.uint8), explicit_ids=False)  # DAVIS-2016 0/255 as palette
+        return MaskFile(np.ascontiguousarray(ids), explicit_ids=True)
     if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
         gray = np.array(image.getchannel(0) if mode == "LA" else image)
         if gray.dtype == np.bool_:
-            return gray.astype(np.uint8)
-        return _rank_nonzero_values(gray, path)
+            return MaskFile(gray.astype(np.uint8), explicit_ids=False)
+        if strict:
+            _refuse_lossy(path, gray[gray != 0], lossy_format, "grey levels")
+        return MaskFile(_rank_nonzero_values(gray, path), explicit_ids=False)
     rgba = np.array(image.convert("RGBA"), dtype=np.uint8)
     background = rgba[..., 3] == 0
-    return _colours_to_ids(np.ascontiguousarray(rgba[..., :3]), background, path)
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    if strict:
+        packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
+        _refuse_lossy(path, packed[(packed != 0) & ~background], lossy_format, "colours")
+    ids = _colours_to_ids(rgb, background, path)
+    explicit = _all_palette_colours(rgb, background)
+    return MaskFile(ids, explicit_ids=explicit)
+
+
+def _all_palette_colours(rgb: np.ndarray, background: np.ndarray) -> bool:
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
+    colours = np.unique(packed[~background])
+    colours = colours[colours != 0]
+    return len(colours) > 0 and all(int(c) in _PALETTE_INDEX_OF_COLOUR for c in colours)
+
+
+def _refuse_lossy(path: StrPath, object_values: np.ndarray, lossy_format: bool, what: str) -> None:
+    """Raise :class:`MaskError` when the object pixels' values (grey levels or packed
+    colours, background excluded) look like a lossy or anti-aliased mask."""
+    if object_values.size == 0:
+        return
+    _, counts = np.unique(object_values, return_counts=True)
+    levels = len(counts)
+    minor = int((counts < _MINOR_SHARE * object_values.size).sum())
+    if lossy_format and levels > 1:
+        reason = f"is a JPEG/WebP: lossy compression turned its objects into {levels} {what}"
+    elif levels >= 3 and minor > levels - minor:
+        reason = f"has anti-aliased or lossy edges: {levels} {what}, {minor} of them only on a few edge pixels"
+    else:
+        return
+    raise MaskError(
+        f"mask {path} {reason}, which would read as {levels} objects; "
+        "save it as a PNG with exact values (0/255 for one object, or a palette PNG of object ids)"
+    )
 
 
 def read_frame(path: StrPath) -> np.ndarray:

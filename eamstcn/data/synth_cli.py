@@ -45,7 +45,7 @@ def _usage_error_type() -> type[Exception]:
 
 
 class _OneLineErrors(TyperCommand):
-    """Report usage errors as a single ``Error: ...`` line instead of click's usage block
+    """Report usage errors as a single ``error: ...`` line instead of click's usage block
     (or typer's boxed panel), and exit with click's code (2)."""
 
     def main(  # type: ignore[override]
@@ -65,7 +65,7 @@ class _OneLineErrors(TyperCommand):
             result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                                   standalone_mode=False, **extra)
         except _usage_error_type() as error:
-            typer.echo(f"Error: {error.format_message()}", err=True)  # type: ignore[attr-defined]
+            typer.echo(f"error: {error.format_message()}", err=True)  # type: ignore[attr-defined]
             sys.exit(getattr(error, "exit_code", 2))
         except typer.Abort:
             typer.echo("Aborted.", err=True)
@@ -117,10 +117,10 @@ def synth(
         )
     except OSError as error:  # unwritable folder, full disk...
         reason = error.strerror or str(error)
-        typer.echo(f"Error: cannot write the dataset: {reason}: {error.filename or out}", err=True)
+        typer.echo(f"error: cannot write the dataset: {reason}: {error.filename or out}", err=True)
         raise typer.Exit(1) from None
     except (ValueError, VideoWriteError) as error:
-        typer.echo(f"Error: {error}", err=True)
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     extra = f" and {len(names)} mp4 videos in {out / 'videos'}" if video else ""
     typer.echo(

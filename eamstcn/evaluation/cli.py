@@ -34,8 +34,18 @@ def evaluate_command(
     from eamstcn.runtime.config import MemoryConfig, SaveConfig
 
     if checkpoint is None and engines is None:
-        typer.echo("error: pass --checkpoint PATH or --engines DIR", err=True)
-        raise typer.Exit(2)
+        from eamstcn.default_model import BundledModelError, BundledModelMissing, bundled_model
+
+        try:
+            model = bundled_model()
+        except BundledModelMissing:
+            typer.echo("error: pass --checkpoint PATH or --engines DIR (the bundled model is missing in this install)", err=True)
+            raise typer.Exit(2) from None
+        except BundledModelError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(model.describe(), err=True)
+        checkpoint = model.path
     try:
         options = EvalOptions(
             data=data, out=out, checkpoint=checkpoint, engines=engines, backend=backend, device=device,

@@ -1,0 +1,168 @@
+"""The model shipped inside the package: what ``eamstcn-run``, ``eamstcn-export`` and
+``eamstcn-eval`` use when given no checkpoint and no engines.
+
+``eamstcn/weights/MODEL.json`` describes it::
+
+    {"format": "eamstcn-bundled-model", "version": 1,
+     "name": "eamstcn-real-cpu", "file": "eamstcn-real-cpu.pth", "sha256": "...", "bytes": 123,
+     "model_config": {...}, "training_command": "...", "numbers": {...}}
+
+The weights file is a checkpoint in our own format (:mod:`eamstcn.checkpoint`) holding
+weights only, floating tensors stored as fp16 to halve the download; loading it builds
+the fp32 network as usual (``load_state_dict`` copies into fp32 parameters).
+:func:`pack_bundled_model` writes both files from a trained checkpoint.
+
+``EAMSTCN_BUNDLED_MODEL`` (a MODEL.json, or a folder holding one) points elsewhere: tests
+and custom builds use it. Standard library at import time; torch only in the packer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eamstcn.fileio import file_sha256
+
+__all__ = [
+    "ENV_VAR",
+    "BundledModel",
+    "BundledModelError",
+    "BundledModelMissing",
+    "bundled_checkpoint",
+    "bundled_model",
+    "pack_bundled_model",
+]
+
+ENV_VAR = "EAMSTCN_BUNDLED_MODEL"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DESCRIPTION_NAME = "MODEL.json"
+FORMAT_TAG = "eamstcn-bundled-model"
+FORMAT_VERSION = 1
+
+
+class BundledModelError(ValueError):
+    """The bundled model is present but unusable (damaged, edited); one line for the user."""
+
+
+class BundledModelMissing(BundledModelError):
+    """This install carries no bundled model; one line for the user."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """The shipped model: its name, checkpoint file, sha256 and how it was made."""
+
+    name: str
+    path: Path
+    sha256: str
+    model_config: dict[str, Any] = field(default_factory=dict)
+    training_command: str = ""
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The one line a command prints when it falls back to this model."""
+        return f"using the bundled model {self.name} (sha256 {self.sha256[:12]}...)"
+
+
+def _description_path() -> Path:
+    override = os.environ.get(ENV_VAR)
+    if override:
+        path = Path(override)
+        return path / DESCRIPTION_NAME if path.is_dir() else path
+    return WEIGHTS_DIR / DESCRIPTION_NAME
+
+
+def bundled_model(verify: bool = True) -> BundledModel:
+    """Read MODEL.json and check the weights file beside it (size and, with ``verify``,
+    its sha256). Raises :class:`BundledModelMissing` or :class:`BundledModelError`."""
+    description = _description_path()
+    if not description.is_file():
+        raise BundledModelMissing(
+            f"the bundled model is missing in this install (no {description}); pass --checkpoint best.pth or --engines DIR"
+        )
+    try:
+        data = json.loads(description.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT_TAG or data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"not a {FORMAT_TAG} version {FORMAT_VERSION} description")
+        name, file_name, sha256 = str(data["name"]), str(data["file"]), str(data["sha256"]).lower()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
+        raise BundledModelError(f"{description} is unreadable ({error}); reinstall eamstcn") from None
+    if Path(file_name).name != file_name:
+        raise BundledModelError(f"{description}: file {file_name!r} must be a name beside it")
+    path = description.parent / file_name
+    if not path.is_file():
+        raise BundledModelMissing(
+            f"the bundled model is missing in this install ({path} is not there); "
+            "pass --checkpoint best.pth or --engines DIR"
+        )
+    expected_bytes = data.get("bytes")
+    if expected_bytes is not None and path.stat().st_size != int(expected_bytes):
+        raise BundledModelError(f"the bundled model {path} is {path.stat().st_size} bytes, not {expected_bytes}: reinstall eamstcn")
+    if verify and file_sha256(path) != sha256:
+        raise BundledModelError(f"the bundled model {path} does not match its sha256 in {description}: reinstall eamstcn")
+    return BundledModel(
+        name=name,
+        path=path,
+        sha256=sha256,
+        model_config=dict(data.get("model_config") or {}),
+        training_command=str(data.get("training_command") or ""),
+        numbers=dict(data.get("numbers") or {}),
+    )
+
+
+def bundled_checkpoint() -> Path:
+    """Path of the bundled model's checkpoint, its sha256 verified."""
+    return bundled_model().path
+
+
+def pack_bundled_model(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    name: str,
+    training_command: str = "",
+    numbers: dict[str, Any] | None = None,
+) -> BundledModel:
+    """Write ``out_dir/<name>.pth`` (weights only, floating tensors in fp16) and
+    ``out_dir/MODEL.json`` from a trained checkpoint; both written atomically.
+
+    Integer buffers (BatchNorm's ``num_batches_tracked``) keep their dtype.
+    """
+    import torch
+
+    from eamstcn.checkpoint import atomic_torch_save, load_checkpoint
+    from eamstcn.checkpoint import FORMAT_TAG as CHECKPOINT_TAG
+    from eamstcn.checkpoint import FORMAT_VERSION as CHECKPOINT_VERSION
+    from eamstcn.fileio import atomic_write_bytes
+
+    source = load_checkpoint(checkpoint)
+    weights = {key: value.half() if value.is_floating_point() else value for key, value in source.weights.items()}
+    out = Path(out_dir)
+    file_name = f"{name}.pth"
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_TAG,
+            "version": CHECKPOINT_VERSION,
+            "model_config": source.config.to_dict(),
+            "weights": weights,
+            "training": None,
+            "metadata": {"bundled_model": name, "stored_dtype": str(torch.float16), "from": Path(checkpoint).name},
+        },
+        out / file_name,
+    )
+    path = out / file_name
+    description = {
+        "format": FORMAT_TAG,
+        "version": FORMAT_VERSION,
+        "name": name,
+        "file": file_name,
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "model_config": source.config.to_dict(),
+        "training_command": training_command,
+        "numbers": numbers or {},
+    }
+    atomic_write_bytes(out / DESCRIPTION_NAME, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
+    return BundledModel(name, path, description["sha256"], description["model_config"], training_command, numbers or {})

@@ -1,0 +1,207 @@
+"""The bundled default model: an fp16 weights-only checkpoint with MODEL.json, verified by
+sha256, loaded back to fp32, and used by eamstcn-run / -export / -eval when given no
+model; ``eamstcn-run --demo``. The real weights land later: every test here builds a
+tiny one in tmp_path and points ``EAMSTCN_BUNDLED_MODEL`` at it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eamstcn.default_model import (
+    ENV_VAR,
+    BundledModelError,
+    BundledModelMissing,
+    bundled_checkpoint,
+    bundled_model,
+    pack_bundled_model,
+)
+from tests.conftest_runtime import RuntimeAssets, runtime_assets, write_mask  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def packed(runtime_assets: RuntimeAssets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bundled")
+    pack_bundled_model(runtime_assets.checkpoint, folder, "eamstcn-test-tiny", "eamstcn-train phase2 --preset tiny", {"J&F": 12.3})
+    return folder
+
+
+@pytest.fixture()
+def bundled(packed: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(ENV_VAR, str(packed))
+    return packed
+
+
+def test_pack_writes_fp16_weights_and_a_description(bundled: Path, runtime_assets: RuntimeAssets) -> None:
+    description = json.loads((bundled / "MODEL.json").read_text())
+    assert description["name"] == "eamstcn-test-tiny" and description["file"] == "eamstcn-test-tiny.pth"
+    assert description["training_command"].startswith("eamstcn-train") and description["numbers"] == {"J&F": 12.3}
+    payload = torch.load(bundled / "eamstcn-test-tiny.pth", weights_only=True)
+    floats = [t for t in payload["weights"].values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float16 for t in floats)
+    assert payload["training"] is None
+    assert (bundled / "eamstcn-test-tiny.pth").stat().st_size < runtime_assets.checkpoint.stat().st_size * 0.6
+
+
+def test_loads_back_to_fp32(bundled: Path, runtime_assets: RuntimeAssets) -> None:
+    from eamstcn.checkpoint import load_model
+
+    model = load_model(bundled_checkpoint())
+    reference = load_model(runtime_assets.checkpoint)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = model.encode_key(image)[0], reference.encode_key(image)[0]
+    assert torch.allclose(ours, theirs, atol=1e-2 * float(theirs.abs().max()))
+
+
+def test_describe_names_the_model_and_its_hash(bundled: Path) -> None:
+    model = bundled_model()
+    assert model.describe() == f"using the bundled model eamstcn-test-tiny (sha256 {model.sha256[:12]}...)"
+
+
+def test_a_damaged_weights_file_is_refused(packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(packed, copy)
+    weights = copy / "eamstcn-test-tiny.pth"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    monkeypatch.setenv(ENV_VAR, str(copy / "MODEL.json"))
+    with pytest.raises(BundledModelError, match="does not match its sha256"):
+        bundled_checkpoint()
+
+
+def test_missing_model_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nothing"))
+    with pytest.raises(BundledModelMissing, match="the bundled model is missing in this install"):
+        bundled_model()
+    (tmp_path / "MODEL.json").write_text(json.dumps({"format": "eamstcn-bundled-model", "version": 1, "name": "x", "file": "x.pth", "sha256": "0"}))
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    with pytest.raises(BundledModelMissing, match="x.pth is not there"):
+        bundled_model()
+
+
+def test_the_package_declares_the_weights_folder() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["eamstcn"]
+    assert "weights/MODEL.json" in data and "weights/*.pth" in data
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from eamstcn.data.davis_io import write_frame
+    from eamstcn.data.synth import generate_sequence
+
+    clip = generate_sequence(seed=3, frames=3, height=64, width=64, objects=1)
+    root = tmp_path_factory.mktemp("clip")
+    for t, frame in enumerate(clip.frames):
+        write_frame(root / "frames" / f"{t:05d}.png", frame)
+    return {"frames": root / "frames", "mask": write_mask(root / "mask.png", clip.masks[0])}
+
+
+def test_run_uses_the_bundled_model_when_given_none(bundled: Path, clip_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eamstcn.runtime.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no ./engines here
+    result = CliRunner().invoke(app, ["--frames", str(clip_files["frames"]), "--mask", str(clip_files["mask"]), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "bundled model" in line]
+    assert lines == [f"notice: {bundled_model().describe()}"]
+    assert "frames: 3" in result.stdout and "torch" in result.stdout
+
+
+def test_export_uses_the_bundled_model_when_given_none(bundled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.export.cli as export_cli
+
+    seen = {}
+
+    def fake_export(config, progress=None):
+        seen["checkpoint"] = config.checkpoint
+        raise export_cli.ExportError("stopped here by the test")
+
+    monkeypatch.setattr(export_cli, "export_bundle", fake_export)
+    result = CliRunner().invoke(export_cli.app, ["--out", str(tmp_path / "engines")])
+    assert seen["checkpoint"] == bundled_checkpoint()
+    assert bundled_model().describe() in result.stderr
+
+
+def test_export_without_checkpoint_or_bundled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.export.cli as export_cli
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "none"))
+    result = CliRunner().invoke(export_cli.app, ["--out", str(tmp_path / "engines")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: no --checkpoint given and the bundled model is missing in this install: pass --checkpoint best.pth"
+    ]
+
+
+def test_eval_uses_the_bundled_model_when_given_none(bundled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.evaluation.run_eval as run_eval
+    from eamstcn.evaluation.cli import app
+
+    seen = {}
+
+    def fake_evaluate(options, notify=print):
+        seen["checkpoint"] = options.checkpoint
+        raise ValueError("stopped here by the test")
+
+    monkeypatch.setattr(run_eval, "evaluate", fake_evaluate)
+    result = CliRunner().invoke(app, ["--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert seen["checkpoint"] == bundled_checkpoint()
+    assert bundled_model().describe() in result.output
+
+
+def test_demo_writes_masks_overlay_and_stats(bundled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.runtime.demo as demo
+    from eamstcn.runtime.cli import app
+
+    monkeypatch.setattr(demo, "DEMO_FRAMES", 5)  # the real demo: 36 frames at 128x224
+    monkeypatch.setattr(demo, "DEMO_SIZE", (64, 96))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["--demo"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "eamstcn-demo"
+    assert len(list((out / "masks").glob("*.png"))) == 5 and (out / "overlay.mp4").is_file()
+    assert len((out / "stats.csv").read_text().splitlines()) == 1 + 5
+    assert len(list((out / "input").glob("*.png"))) == 5 and (out / "first_mask.png").is_file()
+    assert "using the bundled model eamstcn-test-tiny" in result.stderr
+    first, second = result.stdout.strip().splitlines()[-2:]
+    assert first.startswith("demo: 5 generated frames, 1 object, ") and "mean IoU with the generator's true masks" in first
+    assert second.startswith("wrote eamstcn-demo/")
+
+
+def test_demo_is_deterministic() -> None:
+    from eamstcn.data.synth import generate_sequence
+    from eamstcn.runtime.demo import DEMO_FRAMES, DEMO_OBJECTS, DEMO_SEED, DEMO_SIZE
+
+    a = generate_sequence(DEMO_SEED, 4, *DEMO_SIZE, objects=DEMO_OBJECTS)
+    b = generate_sequence(DEMO_SEED, 4, *DEMO_SIZE, objects=DEMO_OBJECTS)
+    assert np.array_equal(a.frames, b.frames) and DEMO_FRAMES >= 30 and DEMO_SIZE[0] % 16 == 0
+
+
+def test_demo_without_the_bundled_model_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eamstcn.runtime.cli import app
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["--demo"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --demo runs the bundled model, which is missing in this install; "
+        "pass --checkpoint best.pth (or --engines DIR) to run the demo with yours"
+    ]
+    assert not (tmp_path / "eamstcn-demo").exists()
