@@ -238,7 +238,11 @@ class AsyncOutputWriter:
             self._closed = True
             self._work.put(None)
             self._thread.join()
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as error:  # the video's final rename, the last flush
+                if self._error is None:
+                    self._error = (self.writer.frames_written, error)
         self._raise_if_failed()
 
     def __enter__(self) -> AsyncOutputWriter:
