@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from eamstcn import original_checkpoint
 from eamstcn.config import ModelConfig
 from eamstcn.fileio import file_sha256  # noqa: F401  (re-exported: export records checkpoint hashes)
 
@@ -80,7 +82,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read and validate a checkpoint; raises :class:`CheckpointError` with a one-line reason."""
+    """Read and validate a checkpoint; raises :class:`CheckpointError` with a one-line reason.
+
+    A checkpoint of the original EamStcn research code is converted to our names and config
+    (:mod:`eamstcn.original_checkpoint`), saying so once per file on stderr.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -92,6 +98,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if original_checkpoint.pickled_module_classes(path):
+            raise CheckpointError(_PICKLED_MODEL.format(path=path, out=path.name.split(".")[0] + "_state.pth.tar")) from None
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             raise CheckpointError(
                 f"{path} contains pickled Python objects; refusing to load it "
@@ -101,6 +109,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception:  # torch raises many types on arbitrary bytes (KeyError, RuntimeError, ...)
         raise CheckpointError(f"{path} is not a PyTorch checkpoint file (unreadable or truncated)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
+        original = original_checkpoint.original_state_dict(payload)
+        if original is not None:
+            return _converted_original(path, original)
         raise CheckpointError(f"{path} is not an EamStcn checkpoint (no '{FORMAT_TAG}' format tag)")
     version = payload.get("version")
     if version != FORMAT_VERSION:
@@ -113,6 +124,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path} has no weights table")
     return Checkpoint(config=config, weights=weights, training=payload.get("training"), metadata=payload.get("metadata") or {})
+
+
+#: A whole pickled model (the original's evaluate script saves those): unpickling runs
+#: code, so we refuse and say how to get a state dict out of it with its own code.
+_PICKLED_MODEL = (
+    "{path} is a whole pickled model, not a state dict; refusing to unpickle it. Where its code "
+    "imports, run: python -c \"import torch; m = torch.load('{path}', weights_only=False); "
+    "torch.save({{'state_dict': m.state_dict()}}, '{out}')\" and pass {out}"
+)
+
+#: Files already announced as converted in this process: commands that open a checkpoint
+#: several times (bench: export, then each backend) say it once.
+_announced: set[tuple[str, int, int]] = set()
+
+
+def _converted_original(path: Path, state: dict[str, torch.Tensor]) -> Checkpoint:
+    """An original EamStcn checkpoint in our terms; one line on stderr says it was converted."""
+    try:
+        converted = original_checkpoint.convert(state)
+    except original_checkpoint.UnsupportedOriginal as error:
+        raise CheckpointError(f"{path} is an original EamStcn checkpoint, but {error}") from None
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    # Under torchrun every rank loads the file; rank 0 speaks for all of them.
+    if key not in _announced and os.environ.get("RANK", "0") == "0":
+        _announced.add(key)
+        print(f"converted an original EamStcn checkpoint ({converted.summary}): {path}", file=sys.stderr)
+    return Checkpoint(
+        config=converted.config,
+        weights=converted.weights,
+        metadata={"converted_from": "original EamStcn", "summary": converted.summary},
+    )
 
 
 def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
