@@ -244,7 +244,7 @@ def check_onnx_signature(entry: GraphEntry, graph_file: GraphFile) -> None:
         signature = read_signature(path)
     except (OnnxReadError, OSError) as error:
         raise ManifestError(f"{path} is not a readable ONNX model ({error}): re-export with `{EXPORT_HINT}`") from None
-    dtype_name = {torch.float32: "float32", torch.float16: "float16"}[graph_file.dtype]
+    dtype_name = str(graph_file.dtype).removeprefix("torch.")  # "float32", "float16": onnx_io's names
     for kind, listed, found in (("inputs", entry.inputs, signature.inputs), ("outputs", entry.outputs, signature.outputs)):
         listed_names = [spec.name for spec in listed]
         found_names = [value.name for value in found]
