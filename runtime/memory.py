@@ -3,7 +3,11 @@
 Pure tensors: no files, no network, no numpy. Every buffer is allocated in the
 constructor; adding, reading and evicting write into them in place, so memory stays
 flat for hours and each frame's work has the same shapes (CUDA-graph friendly).
-Nothing here waits on the device: the host tracks only counts it already knows.
+
+Nothing in the steady path waits on the device: which slot a frame goes to, how full the
+bank is and whether a store happens at all (:meth:`MemoryBank.commit` takes the save
+decision as a device flag) are decided by device ops. The host keeps only what it knows
+without looking: whether anything was written, and how many frames it made permanent.
 """
 
 from __future__ import annotations
@@ -13,20 +17,25 @@ import math
 import torch
 
 from eamstcn.runtime.config import MemoryConfig
-from eamstcn.runtime.readout import ReadoutBuffers, topk_readout
+from eamstcn.runtime.readout import ReadoutBuffers, gather_readout, slot_mass, topk_weights
 
 
 class MemoryBank:
     """Keys shared by all objects, values per object, ``capacity`` frame slots.
 
-    Storage (N = slots * h*w, slots = capacity + 1 with the temporary slot, which is
-    the last one): keys ``(Ck, slots, h*w)``, values ``(max_objects, Cv, slots, h*w)``.
-    The slot axis sits next to h*w so that ``keys.view(Ck, N)`` and
-    ``values[:K].view(K, Cv, N)`` are the readout's operands without a copy.
+    Storage, with ``slots = capacity (+1 temporary slot)`` read by every query and one
+    more, the *scratch* slot, that no read sees (a store the device decided against is
+    written there, so the work of a frame does not depend on the decision):
+
+    - keys ``(Ck, slots + 1, h*w)`` float32 and their squared norms ``(slots + 1, h*w)``
+      float32, whatever the engines' dtype (fp16 squared norms overflow past 65504);
+    - values ``(max_objects, slots + 1, h*w, Cv)`` in the engines' dtype, position-major
+      so that a read gathers contiguous rows of Cv values;
+    - ``valid`` ``(slots + 1, h*w)`` bool: invalid positions never win the top-k.
 
     The first frame added is permanent (never evicted); others may be made permanent
-    with ``add(..., permanent=True)``. When full, :meth:`add` replaces the least used
-    (or, by config, the oldest) non-permanent slot.
+    with ``add(..., permanent=True)``. When full, a store replaces the least used (or, by
+    config, the oldest) non-permanent slot.
     """
 
     def __init__(
@@ -53,47 +62,69 @@ class MemoryBank:
         self._height, self._width = height, width
         self._max_objects = max_objects
         self._initial_objects = num_objects
+        self._dtype = dtype
 
         capacity, hw = config.capacity, height * width
-        slots = capacity + int(config.temporary_slot)
-        opts = {"device": device, "dtype": dtype}
-        self._keys = torch.zeros(key_dim, slots, hw, **opts)
-        self._key_sq_norm = torch.zeros(slots, hw, **opts)
-        self._values = torch.zeros(max_objects, value_dim, slots, hw, **opts)
-        self._valid = torch.zeros(slots, hw, device=device, dtype=torch.bool)
-        self._readout = torch.empty(max_objects, value_dim, hw, **opts)
-        self._work = ReadoutBuffers.allocate(slots * hw, hw, config.top_k, **opts)
-        self._key_product = torch.empty(key_dim, hw, **opts)
-        self._new_sq_norm = torch.empty(1, hw, **opts)
+        self._read_slots = capacity + int(config.temporary_slot)
+        total = self._read_slots + 1  # + the scratch slot
+        fp32 = {"device": device, "dtype": torch.float32}
+        int64 = {"device": device, "dtype": torch.int64}
+        boolean = {"device": device, "dtype": torch.bool}
+        self._keys = torch.zeros(key_dim, total, hw, **fp32)
+        self._key_sq_norm = torch.zeros(total, hw, **fp32)
+        self._values = torch.zeros(max_objects, total, hw, value_dim, device=device, dtype=dtype)
+        self._valid = torch.zeros(total, hw, **boolean)
+        self._readout = torch.empty(max_objects, value_dim, hw, device=device, dtype=dtype)
+        self._work = ReadoutBuffers.allocate(
+            self._read_slots * hw, hw, config.top_k, key_dim=key_dim, value_dim=value_dim, device=device, dtype=dtype
+        )
+        self._key32 = torch.empty(key_dim, hw, **fp32)
+        self._key_product = torch.empty(key_dim, hw, **fp32)
+        self._new_sq_norm = torch.empty(1, hw, **fp32)
 
-        # Per regular slot, on the device, so that choosing a victim needs no host sync.
-        counter = {"device": device, "dtype": torch.float32}
-        self._permanent = torch.zeros(capacity, device=device, dtype=torch.bool)
-        self._usage = torch.zeros(capacity, **counter)  # readout weight mass since written
-        self._reads = torch.zeros(capacity, **counter)  # reads since written
-        self._written_at = torch.zeros(capacity, device=device, dtype=torch.int64)
-        self._slot_mass = torch.empty(slots, **counter)
-        self._score = torch.empty(capacity, **counter)
-        self._protected = torch.empty(capacity, device=device, dtype=torch.bool)
-        self._age = torch.empty(capacity, device=device, dtype=torch.int64)
-        self._oldest = torch.empty(1, device=device, dtype=torch.int64)
-        self._never = torch.tensor(torch.iinfo(torch.int64).max, device=device)
-        self._last_resort = torch.tensor([torch.finfo(torch.float32).max], **counter)
-        self._slot_index = torch.zeros(1, device=device, dtype=torch.int64)
-        self._temporary_index = torch.tensor([capacity], device=device, dtype=torch.int64)
+        # Per slot (regular slots first, then temporary and scratch), on the device, so
+        # that choosing where a frame goes needs no host sync.
+        self._permanent = torch.zeros(total, **boolean)
+        self._usage = torch.zeros(total, **fp32)  # readout weight mass since written
+        self._reads = torch.zeros(total, **fp32)  # reads since written
+        self._written_at = torch.zeros(total, **int64)
+        self._slot_mass = torch.empty(self._read_slots, **fp32)
+        self._slot_of = torch.empty_like(self._work.indices)
+        self._score = torch.empty(capacity, **fp32)
+        self._protected = torch.empty(capacity, **boolean)
+        self._age = torch.empty(capacity, **int64)
+        self._oldest = torch.empty(1, **int64)
+        self._victim = torch.empty(1, **int64)
+        self._slot = torch.empty(1, **int64)  # where a store goes if it happens
+        self._target = torch.empty(1, **int64)  # where it goes: the slot, or the fallback
+        self._has_room = torch.empty((), **boolean)
+        self._grows = torch.empty((), **boolean)
+        self._not_flag = torch.empty((), **boolean)
+        self._size = torch.zeros((), **int64)  # regular slots filled
+        self._writes = torch.zeros((), **int64)  # frames stored (evicted ones included)
+        self._never = torch.tensor(torch.iinfo(torch.int64).max, **int64)
+        self._last_resort = torch.tensor([torch.finfo(torch.float32).max], **fp32)
+        self._true = torch.tensor(True, **boolean)
+        self._temporary_index = torch.tensor([capacity], **int64)
+        # A store decided against goes to the temporary slot when there is one (the frame
+        # is then "the last frame"), else to the scratch slot.
+        self._fallback = torch.tensor([capacity if config.temporary_slot else total - 1], **int64)
         self._device = self._keys.device
 
         self._num_objects = num_objects
-        self._size = 0
         self._num_permanent = 0
-        self._num_writes = 0
-        self._has_temporary = False
+        self._written = False
 
     # ------------------------------------------------------------------ properties
     @property
     def size(self) -> int:
-        """Frames stored in the regular slots (the temporary slot not counted)."""
-        return self._size
+        """Frames stored in the regular slots (the temporary slot not counted). Syncs."""
+        return int(self._size)
+
+    @property
+    def writes(self) -> torch.Tensor:
+        """0-d int64 device tensor: frames stored since the reset, evicted ones included."""
+        return self._writes
 
     @property
     def capacity(self) -> int:
@@ -126,7 +157,8 @@ class MemoryBank:
 
     @property
     def has_temporary(self) -> bool:
-        return self._has_temporary
+        """Whether reads see the temporary slot. Syncs."""
+        return self.config.temporary_slot and bool(self._valid[self.capacity, 0])
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +166,8 @@ class MemoryBank:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._keys.dtype
+        """The values' dtype, which is the engines' (keys are stored in float32)."""
+        return self._dtype
 
     @property
     def nbytes(self) -> int:
@@ -147,12 +180,12 @@ class MemoryBank:
         num_objects = self._initial_objects if num_objects is None else num_objects
         if not 1 <= num_objects <= self._max_objects:
             raise ValueError(f"num_objects must be in [1, {self._max_objects}], got {num_objects}")
-        stored = (self._keys, self._key_sq_norm, self._values, self._valid)
-        for tensor in (*stored, self._permanent, self._usage, self._reads, self._written_at):
+        for tensor in (self._keys, self._key_sq_norm, self._values, self._valid, self._permanent, self._usage,
+                       self._reads, self._written_at, self._size, self._writes):  # fmt: skip
             tensor.zero_()
         self._num_objects = num_objects
-        self._size = self._num_permanent = self._num_writes = 0
-        self._has_temporary = False
+        self._num_permanent = 0
+        self._written = False
 
     def add_objects(self, count: int) -> int:
         """Track ``count`` more objects from now on; returns the new number of objects.
@@ -168,36 +201,37 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ writing
     def add(self, key: torch.Tensor, value: torch.Tensor, permanent: bool = False) -> torch.Tensor:
-        """Store one frame; the first frame of a stream is always permanent.
+        """Store one frame unconditionally; the first frame of a stream is always permanent.
 
         Args:
-            key: (1, Ck, h, w). value: (K, Cv, h, w), K = ``num_objects``.
+            key: (1, Ck, h, w). value: (K, Cv, h, w), K = ``num_objects``; both in the
+                bank's dtype on its device.
         Returns:
-            The slot written, a 0-d int64 tensor on the bank's device (the victim of an
-            eviction is chosen there, without a host sync). It is a view overwritten by
-            the next ``add``: ``int()`` it (a sync) to keep it.
+            The slot written, a 0-d int64 tensor on the bank's device (chosen there,
+            without a host sync). It is a view overwritten by the next store: ``int()``
+            it (a sync) to keep it.
         """
-        self._check(key, "key", (1, self._key_dim, self._height, self._width))
-        self._check(value, "value", (self._num_objects, self._value_dim, self._height, self._width))
-        permanent = permanent or self._size == 0
-        index = self._slot_index
-        if self._size < self.capacity:
-            slot = self._size
-            index.fill_(slot)
-            self._valid[slot].fill_(True)
-            self._size += 1
-        elif self._num_permanent >= self.capacity:
-            raise RuntimeError(f"all {self.capacity} memory slots are permanent: nothing can be replaced")
-        else:
-            self._choose_victim()  # writes index
-        self._write(index, key, value)
-        self._permanent.index_fill_(0, index, permanent)
-        self._usage.index_fill_(0, index, 0.0)
-        self._reads.index_fill_(0, index, 0.0)
-        self._written_at.index_fill_(0, index, self._num_writes)
-        self._num_writes += 1
+        self._check_frame(key, value)
+        permanent = permanent or not self._written
+        self._refuse_when_all_permanent()
+        self._store(self._true, key, value, permanent)
         self._num_permanent += int(permanent)
-        return index[0]
+        return self._target[0]
+
+    def commit(self, flag: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Store one frame if the 0-d bool device tensor ``flag`` holds, without reading it.
+
+        The same device work runs either way; when ``flag`` is false the frame goes to
+        the temporary slot (with ``temporary_slot``: it becomes the slot every read also
+        sees, as the last frame) or to the scratch slot (no read sees it). With the
+        temporary slot, a stored frame clears it. Shapes as :meth:`add`.
+        """
+        self._check_frame(key, value)
+        self._refuse_when_all_permanent()
+        self._store(flag, key, value, permanent=False)
+        if self.config.temporary_slot:
+            torch.logical_not(flag, out=self._not_flag)
+            self._valid[self.capacity].copy_(self._not_flag.expand(self._height * self._width))
 
     def set_temporary(self, key: torch.Tensor, value: torch.Tensor) -> None:
         """Write the last frame into the temporary slot (overwritten at every call).
@@ -206,62 +240,91 @@ class MemoryBank:
         """
         if not self.config.temporary_slot:
             raise RuntimeError("this bank has no temporary slot: build it with MemoryConfig(temporary_slot=True)")
-        self._check(key, "key", (1, self._key_dim, self._height, self._width))
-        self._check(value, "value", (self._num_objects, self._value_dim, self._height, self._width))
+        self._check_frame(key, value)
         self._write(self._temporary_index, key, value)
-        if not self._has_temporary:
-            self._valid[self.capacity].fill_(True)
-            self._has_temporary = True
+        self._valid[self.capacity].fill_(True)
+        self._written = True
 
     def clear_temporary(self) -> None:
         """Stop reading the temporary slot until the next :meth:`set_temporary`."""
-        if self._has_temporary:
+        if self.config.temporary_slot:
             self._valid[self.capacity].fill_(False)
-            self._has_temporary = False
 
     # ------------------------------------------------------------------ reading
-    def read(self, query_key: torch.Tensor) -> torch.Tensor:
+    def read(self, query_key: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k readout of the query frame and, in usage mode, usage bookkeeping.
 
         Args:
-            query_key: (1, Ck, h, w).
+            query_key: (1, Ck, h, w), any float dtype.
+            out: optional (K, Cv, h, w) output in the bank's dtype (e.g. the decoder's
+                bound input); by default a bank buffer overwritten by the next read.
         Returns:
-            (K, Cv, h, w), a view of a bank buffer overwritten by the next read.
+            (K, Cv, h, w) readout.
         """
-        if self._size == 0 and not self._has_temporary:
+        if not self._written:
             raise RuntimeError("memory is empty: add the first frame before reading")
-        self._check(query_key, "query_key", (1, self._key_dim, self._height, self._width))
-        k, hw = self._num_objects, self._height * self._width
-        slots = self._keys.shape[1]
-        readout, position_weight = topk_readout(
-            self._keys.view(self._key_dim, slots * hw),
-            self._values[:k].view(k, self._value_dim, slots * hw),
-            query_key.reshape(self._key_dim, hw),
-            self._valid.view(slots * hw),
-            self.config.top_k,
-            key_sq_norm=self._key_sq_norm.view(slots * hw),
-            buffers=self._work,
-            out=self._readout[:k],
+        hw = self._height * self._width
+        if tuple(query_key.shape) != (1, self._key_dim, self._height, self._width):
+            raise ValueError(f"query_key must have shape {(1, self._key_dim, self._height, self._width)}, got {tuple(query_key.shape)}")
+        k = self._num_objects
+        if out is None:
+            out = self._readout[:k].view(k, self._value_dim, self._height, self._width)
+        elif tuple(out.shape) != (k, self._value_dim, self._height, self._width) or out.dtype != self._dtype:
+            raise ValueError(f"out must be {self._dtype} of shape {(k, self._value_dim, self._height, self._width)}")
+        slots, work = self._read_slots, self._work
+        weights, indices = topk_weights(
+            self._keys[:, :slots].reshape(self._key_dim, slots * hw),
+            self._key_sq_norm[:slots].view(slots * hw),
+            self._valid[:slots].view(slots * hw),
+            query_key.view(self._key_dim, hw),
+            work,
+        )
+        gather_readout(
+            self._values[:k, :slots].view(k, slots * hw, self._value_dim), weights, indices, out.view(k, self._value_dim, hw), work
         )
         if self.config.eviction == "usage":
-            torch.sum(position_weight.view(slots, hw), dim=1, dtype=torch.float32, out=self._slot_mass)
-            self._usage.add_(self._slot_mass[: self.capacity])
+            slot_mass(indices, weights, hw, self._slot_of, self._slot_mass)
+            self._usage[:slots].add_(self._slot_mass)
             self._reads.add_(1.0)  # slots not yet valid are reset when written
-        return readout.view(k, self._value_dim, self._height, self._width)
+        return out
 
     # ------------------------------------------------------------------ internals
+    def _store(self, flag: torch.Tensor, key: torch.Tensor, value: torch.Tensor, permanent: bool) -> None:
+        """Write to a free slot, else to the victim, if ``flag``; else to the fallback slot.
+        Every op runs whatever the flag: the device picks the target."""
+        self._choose_victim()
+        torch.lt(self._size, self.capacity, out=self._has_room)
+        torch.where(self._has_room, self._size, self._victim, out=self._slot)
+        torch.where(flag, self._slot, self._fallback, out=self._target)
+        target = self._target
+        self._write(target, key, value)
+        self._valid.index_fill_(0, target, True)
+        self._permanent.index_fill_(0, target, permanent)
+        self._usage.index_fill_(0, target, 0.0)
+        self._reads.index_fill_(0, target, 0.0)
+        self._written_at.index_copy_(0, target, self._writes.view(1))
+        self._writes.add_(flag)
+        torch.logical_and(flag, self._has_room, out=self._grows)
+        self._size.add_(self._grows)
+        self._written = True
+
     def _write(self, index: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Key, its squared norm (float32) and the values into slot ``index`` (1,) int64."""
         hw = self._height * self._width
-        key_flat = key.reshape(self._key_dim, hw)
+        key_flat = key.view(self._key_dim, hw)
+        if key_flat.dtype != torch.float32:
+            key_flat = self._key32.copy_(key_flat)
         self._keys.index_copy_(1, index, key_flat.unsqueeze(1))
         torch.mul(key_flat, key_flat, out=self._key_product)
         torch.sum(self._key_product, dim=0, keepdim=True, out=self._new_sq_norm)
         self._key_sq_norm.index_copy_(0, index, self._new_sq_norm)
         k = self._num_objects
-        self._values[:k].index_copy_(2, index, value.reshape(k, self._value_dim, 1, hw))
+        # (K, Cv, h, w) -> (K, 1, h*w, Cv): position-major rows, transposed on the way in.
+        rows = value.view(k, self._value_dim, hw).transpose(1, 2).unsqueeze(1)
+        self._values[:k].index_copy_(1, index, rows)
 
     def _choose_victim(self) -> None:
-        """Write the slot to replace into ``_slot_index``, on the device.
+        """Write the regular slot to replace into ``_victim``, on the device.
 
         Usage is the readout weight mass a slot received, divided by the number of reads
         since it was written: the mean weight per read. Raw totals grow with age, so they
@@ -269,32 +332,45 @@ class MemoryBank:
         A slot not read yet has no evidence, so it is protected, unless every replaceable
         slot is unread; then the oldest goes (which is also the ``oldest`` policy).
         """
-        torch.where(self._permanent, self._never, self._written_at, out=self._age)
+        capacity = self.capacity
+        permanent = self._permanent[:capacity]
+        torch.where(permanent, self._never, self._written_at[:capacity], out=self._age)
         if self.config.eviction == "oldest":
-            torch.argmin(self._age, dim=0, keepdim=True, out=self._slot_index)
+            torch.argmin(self._age, dim=0, keepdim=True, out=self._victim)
             return
         torch.argmin(self._age, dim=0, keepdim=True, out=self._oldest)
-        torch.clamp(self._reads, min=1.0, out=self._score)
-        torch.div(self._usage, self._score, out=self._score)
-        torch.eq(self._reads, 0.0, out=self._protected)
-        self._protected.logical_or_(self._permanent)
+        reads = self._reads[:capacity]
+        torch.clamp(reads, min=1.0, out=self._score)
+        torch.div(self._usage[:capacity], self._score, out=self._score)
+        torch.eq(reads, 0.0, out=self._protected)
+        self._protected.logical_or_(permanent)
         self._score.masked_fill_(self._protected, math.inf)
         # The oldest replaceable slot scores at most float max, so argmin never lands on
         # an +inf (permanent) slot even when every replaceable slot is unread.
         self._score.scatter_reduce_(0, self._oldest, self._last_resort, reduce="amin")
-        torch.argmin(self._score, dim=0, keepdim=True, out=self._slot_index)
+        torch.argmin(self._score, dim=0, keepdim=True, out=self._victim)
+
+    def _refuse_when_all_permanent(self) -> None:
+        # Permanent frames are a subset of the filled slots, so this many fill the bank.
+        if self._num_permanent >= self.capacity:
+            raise RuntimeError(f"all {self.capacity} memory slots are permanent: nothing can be replaced")
+
+    def _check_frame(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        self._check(key, "key", (1, self._key_dim, self._height, self._width))
+        self._check(value, "value", (self._num_objects, self._value_dim, self._height, self._width))
 
     def _check(self, tensor: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
-        if tensor.dtype != self.dtype or tensor.device != self._device:
-            raise ValueError(f"{name} must be {self.dtype} on {self._device}, got {tensor.dtype} on {tensor.device}")
+        if tensor.dtype != self._dtype or tensor.device != self._device:
+            raise ValueError(f"{name} must be {self._dtype} on {self._device}, got {tensor.dtype} on {tensor.device}")
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor the bank owns besides the readout work buffers (for nbytes and tests)."""
         return (
-            self._keys, self._key_sq_norm, self._values, self._valid, self._readout, self._key_product,
+            self._keys, self._key_sq_norm, self._values, self._valid, self._readout, self._key32, self._key_product,
             self._new_sq_norm, self._permanent, self._usage, self._reads, self._written_at, self._slot_mass,
-            self._score, self._protected, self._age, self._oldest, self._never, self._last_resort,
-            self._slot_index, self._temporary_index,
+            self._slot_of, self._score, self._protected, self._age, self._oldest, self._victim, self._slot,
+            self._target, self._has_room, self._grows, self._not_flag, self._size, self._writes, self._never,
+            self._last_resort, self._true, self._temporary_index, self._fallback,
         )  # fmt: skip

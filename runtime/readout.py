@@ -1,12 +1,21 @@
-"""Top-k memory readout as pure tensor functions (DESIGN section 3).
+"""Top-k memory readout as pure tensor functions (DESIGN section 3), without a dense matrix.
 
-Layout, chosen for speed: memory keys are ``(Ck, N)`` and values ``(K, Cv, N)`` with
-N = frames * h*w, the layout of :func:`eamstcn.ops.affinity`; a query is ``(Ck, M)``.
-The affinity is built transposed, ``(M, N)``, so that top-k runs along the contiguous
-axis (about twice as fast as along the memory axis, see GPU.md). Its buffer is then
-reused for the dense top-k weights, so a read needs one ``(M, N)`` buffer, not two, and
-the readout is a single matmul whose cost does not grow with the number of objects the
-way a gather of ``(K, Cv, M, k)`` would.
+Layout: memory keys ``(Ck, N)`` in float32, values position-major ``(K, N, Cv)`` in the
+engines' dtype, a query ``(Ck, M)``; N = frames * h*w memory positions, M = h*w queries.
+
+A read is three steps, each into preallocated buffers:
+
+1. :func:`topk_weights`: the affinity ``(M, N)`` in float32 (one addmm; invalid positions
+   get -inf through a +inf bias), top-k along its contiguous axis, and a max-subtracted
+   softmax over the k kept values -> weights ``(M, k)`` and indices ``(M, k)``.
+2. :func:`gather_readout`: per object, gather the k value rows of each query and take
+   their weighted sum: ``M*k*Cv`` multiply-adds instead of the ``N*M*Cv`` of a dense
+   product with a mostly-zero weight matrix.
+3. :func:`slot_mass` (only when eviction uses it): the weight each memory frame received.
+
+Key norms, affinities and the softmax stay in float32 whatever the engines' dtype: in
+fp16 a squared key norm overflows past 65504 (a key norm of 256) and the slot would
+silently vanish from every read.
 """
 
 from __future__ import annotations
@@ -21,21 +30,26 @@ from eamstcn.ops import affinity
 
 @dataclass(frozen=True)
 class ReadoutBuffers:
-    """Work buffers of one :func:`topk_readout` shape, allocated once and reused.
+    """Work buffers of one read shape (N, M, k, Cv, max objects), allocated once.
 
-    ``affinity`` (M, N) holds the affinity, then the dense top-k weights;
-    ``top_values``/``top_indices`` (M, k); ``row_max``/``row_sum`` (M, 1);
-    ``bias`` (N,) masked |k|^2; ``position_weight`` (N,) weight mass per memory position.
+    ``affinity`` (M, N) fp32; ``weights`` (M, k) fp32 (top-k scores, then softmax
+    weights); ``indices`` (M, k) int64; ``row_max``/``row_sum`` (M, 1) fp32; ``bias``
+    (N,) fp32 masked |k|^2; ``query`` (Ck, M) fp32 copy of a lower-precision query;
+    ``weights_cast`` (M, 1, k) in the values' dtype; ``gathered`` (M*k, Cv) and ``product``
+    (M, 1, Cv) in the values' dtype, reused object after object; ``masked`` 0-d +inf.
     """
 
     affinity: torch.Tensor
-    top_values: torch.Tensor
-    top_indices: torch.Tensor
+    weights: torch.Tensor
+    indices: torch.Tensor
     row_max: torch.Tensor
     row_sum: torch.Tensor
     bias: torch.Tensor
-    position_weight: torch.Tensor
-    masked: torch.Tensor  # 0-d +inf: torch.where(..., out=) needs a tensor, not a float
+    query: torch.Tensor
+    weights_cast: torch.Tensor
+    gathered: torch.Tensor
+    product: torch.Tensor
+    masked: torch.Tensor  # torch.where(..., out=) needs a tensor, not a float
 
     @classmethod
     def allocate(
@@ -44,26 +58,132 @@ class ReadoutBuffers:
         num_queries: int,
         top_k: int,
         *,
+        key_dim: int,
+        value_dim: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> ReadoutBuffers:
-        """Buffers for N = ``num_memory`` positions, M = ``num_queries``, k = min(top_k, N)."""
+        """Buffers for N = ``num_memory``, M = ``num_queries``, k = min(top_k, N), values
+        of ``value_dim`` channels in ``dtype`` (keys and scores are always float32)."""
         k = min(top_k, num_memory)
-        opts = {"device": device, "dtype": dtype}
+        fp32 = {"device": device, "dtype": torch.float32}
+        values = {"device": device, "dtype": dtype}
         return cls(
-            affinity=torch.empty(num_queries, num_memory, **opts),
-            top_values=torch.empty(num_queries, k, **opts),
-            top_indices=torch.empty(num_queries, k, device=device, dtype=torch.int64),
-            row_max=torch.empty(num_queries, 1, **opts),
-            row_sum=torch.empty(num_queries, 1, **opts),
-            bias=torch.empty(num_memory, **opts),
-            position_weight=torch.empty(num_memory, **opts),
-            masked=torch.tensor(math.inf, **opts),
+            affinity=torch.empty(num_queries, num_memory, **fp32),
+            weights=torch.empty(num_queries, k, **fp32),
+            indices=torch.empty(num_queries, k, device=device, dtype=torch.int64),
+            row_max=torch.empty(num_queries, 1, **fp32),
+            row_sum=torch.empty(num_queries, 1, **fp32),
+            bias=torch.empty(num_memory, **fp32),
+            query=torch.empty(key_dim, num_queries, **fp32),
+            weights_cast=torch.empty(num_queries, 1, k, **values),
+            gathered=torch.empty(num_queries * k, value_dim, **values),
+            product=torch.empty(num_queries, 1, value_dim, **values),
+            masked=torch.tensor(math.inf, **fp32),
         )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(M, N, k)."""
+        return (self.affinity.shape[0], self.affinity.shape[1], self.weights.shape[1])
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in vars(self).values())
+
+
+def topk_weights(
+    memory_keys: torch.Tensor,
+    key_sq_norm: torch.Tensor,
+    valid: torch.Tensor,
+    query_key: torch.Tensor,
+    buffers: ReadoutBuffers,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query, the k most similar valid memory positions and their softmax weights.
+
+    S_ij = (2 k_i . q_j - |k_i|^2) / sqrt(Ck); per query j, the k largest S_ij over valid
+    i get a max-subtracted softmax. A query with fewer than k valid positions gives the
+    rest weight exactly 0; a query with none reads zeros (weights all 0, not NaN).
+
+    Args:
+        memory_keys: (Ck, N) float32.
+        key_sq_norm: (N,) float32 |k_i|^2.
+        valid: (N,) bool.
+        query_key: (Ck, M), any float dtype (copied to float32 when it is not).
+        buffers: :class:`ReadoutBuffers` of this (M, N, k).
+    Returns:
+        ``(weights (M, k) float32, indices (M, k) int64)``: views of ``buffers``,
+        overwritten by the next call. Weights are sorted, largest first.
+    """
+    key_dim = memory_keys.shape[0]
+    if query_key.dtype != torch.float32:
+        query_key = buffers.query.copy_(query_key)
+    # A masked bias of +inf turns S into -inf inside the addmm: masking costs no extra
+    # pass over (M, N). The affinity is built transposed so top-k runs along the
+    # contiguous axis (about twice as fast as along the memory axis, see GPU.md).
+    torch.where(valid, key_sq_norm, buffers.masked, out=buffers.bias)
+    scale = 1.0 / math.sqrt(key_dim)
+    torch.addmm(buffers.bias, query_key.t(), memory_keys, beta=-scale, alpha=2.0 * scale, out=buffers.affinity)
+    values, indices = buffers.weights, buffers.indices
+    torch.topk(buffers.affinity, values.shape[1], dim=1, largest=True, sorted=True, out=(values, indices))
+
+    # Softmax over the k kept values with explicit max subtraction (the unshifted exp
+    # overflows). Sorted top-k puts the row maximum in column 0. Clamping it keeps a row
+    # whose values are all -inf (nothing valid) finite, and clamping the sum makes that
+    # row's weights 0 rather than 0/0.
+    finfo = torch.finfo(torch.float32)
+    torch.clamp(values[:, :1], min=finfo.min, out=buffers.row_max)
+    values.sub_(buffers.row_max).exp_()
+    torch.sum(values, dim=1, keepdim=True, out=buffers.row_sum)
+    values.div_(buffers.row_sum.clamp_(min=finfo.tiny))
+    return values, indices
+
+
+def gather_readout(
+    memory_values: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    out: torch.Tensor,
+    buffers: ReadoutBuffers,
+) -> torch.Tensor:
+    """readout[o, :, j] = sum_t weights[j, t] * memory_values[o, indices[j, t], :].
+
+    Args:
+        memory_values: (K, N, Cv), rows contiguous (position-major).
+        weights: (M, k) float32; indices: (M, k) int64 (from :func:`topk_weights`).
+        out: (K, Cv, M), written in place (any strides).
+        buffers: the read's :class:`ReadoutBuffers` (values' dtype).
+    Returns:
+        ``out``.
+    """
+    num_queries, k = weights.shape
+    flat = indices.view(-1)
+    weights_cast = buffers.weights_cast
+    weights_cast.view(num_queries, k).copy_(weights)
+    gathered = buffers.gathered.view(num_queries, k, -1)
+    product = buffers.product
+    for obj in range(memory_values.shape[0]):  # K is small; each pass reuses one buffer
+        torch.index_select(memory_values[obj], 0, flat, out=buffers.gathered)
+        torch.bmm(weights_cast, gathered, out=product)  # (M, 1, k) @ (M, k, Cv)
+        out[obj].copy_(product.view(num_queries, -1).t())
+    return out
+
+
+def slot_mass(indices: torch.Tensor, weights: torch.Tensor, positions_per_slot: int, work: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Weight mass each memory slot (frame) received in one read.
+
+    Args:
+        indices: (M, k) int64 positions; weights: (M, k) float32.
+        positions_per_slot: h*w.
+        work: (M, k) int64 scratch for the slot of each index.
+        out: (slots,) float32, overwritten.
+    Returns:
+        ``out``, summing to M when every query has a valid position.
+    """
+    torch.div(indices, positions_per_slot, rounding_mode="floor", out=work)
+    out.zero_()
+    out.index_add_(0, work.view(-1), weights.view(-1))
+    return out
 
 
 def topk_readout(
@@ -76,71 +196,41 @@ def topk_readout(
     key_sq_norm: torch.Tensor | None = None,
     buffers: ReadoutBuffers | None = None,
     out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read memory for each query position through its ``top_k`` most similar positions.
-
-    S_ij = (2 k_i . q_j - |k_i|^2) / sqrt(Ck); per query j, the k = min(top_k, N) largest
-    S_ij over valid i get a max-subtracted softmax, every other position weight 0.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One whole read (allocating what is not given): for tests and one-off use.
 
     Args:
-        memory_keys: (Ck, N).
-        memory_values: (K, Cv, N).
+        memory_keys: (Ck, N) float32 (other float dtypes are converted).
+        memory_values: (K, N, Cv).
         query_key: (Ck, M).
-        valid: (N,) bool; invalid positions get S = -inf and weight exactly 0.
+        valid: (N,) bool.
         top_k: positions kept per query (clamped to N).
-        key_sq_norm: optional (N,) precomputed |k_i|^2 (the bank keeps it per slot).
-        buffers: optional :class:`ReadoutBuffers` for this (N, M, k) and dtype.
-        out: optional (K, Cv, M) contiguous output.
     Returns:
-        ``(readout (K, Cv, M), position_weight (N,))``: the weight mass each memory
-        position received, summed over queries (sums to M; the bank's usage signal).
-        Both may be views of ``buffers``/``out``, overwritten by the next call.
-
-    A query with no valid position reads zeros instead of NaN. In fp16, |k|^2 and
-    2 k.q must stay below 65504 (key norms up to about 180) or the affinity saturates.
+        ``(readout (K, Cv, M), weights (M, k), indices (M, k))``.
     """
+    memory_keys = memory_keys.float()
     key_dim, num_memory = memory_keys.shape
-    num_objects, value_dim, _ = memory_values.shape
+    num_objects, _, value_dim = memory_values.shape
     num_queries = query_key.shape[1]
     k = min(top_k, num_memory)
     if buffers is None:
-        buffers = ReadoutBuffers.allocate(num_memory, num_queries, top_k, device=memory_keys.device, dtype=memory_keys.dtype)
-    elif buffers.affinity.shape != (num_queries, num_memory) or buffers.top_values.shape[1] != k:
-        raise ValueError(
-            f"buffers are for (M, N, k) = ({buffers.affinity.shape[0]}, {buffers.affinity.shape[1]}, "
-            f"{buffers.top_values.shape[1]}), got ({num_queries}, {num_memory}, {k})"
+        buffers = ReadoutBuffers.allocate(
+            num_memory, num_queries, top_k, key_dim=key_dim, value_dim=value_dim, device=memory_keys.device, dtype=memory_values.dtype
         )
+    elif buffers.shape != (num_queries, num_memory, k):
+        raise ValueError(f"buffers are for (M, N, k) = {buffers.shape}, got ({num_queries}, {num_memory}, {k})")
     if out is None:
         out = torch.empty(num_objects, value_dim, num_queries, device=memory_values.device, dtype=memory_values.dtype)
     if key_sq_norm is None:
         key_sq_norm = memory_keys.pow(2).sum(dim=0)
+    weights, indices = topk_weights(memory_keys, key_sq_norm.float(), valid, query_key, buffers)
+    gather_readout(memory_values, weights, indices, out, buffers)
+    return out, weights, indices
 
-    # ops.affinity computes the same S as (N, M) into a new tensor; here it is one addmm,
-    # transposed, into the preallocated buffer. A masked bias of +inf turns S into -inf
-    # inside that addmm: masking costs no extra pass over (M, N).
-    torch.where(valid, key_sq_norm, buffers.masked, out=buffers.bias)
-    scale = 1.0 / math.sqrt(key_dim)
-    aff = buffers.affinity
-    torch.addmm(buffers.bias, query_key.t(), memory_keys, beta=-scale, alpha=2.0 * scale, out=aff)  # (M, N)
 
-    values, indices = buffers.top_values, buffers.top_indices
-    torch.topk(aff, k, dim=1, largest=True, sorted=True, out=(values, indices))
-
-    # Softmax over the k kept values with explicit max subtraction (the unshifted exp is
-    # NaN in fp16). Sorted top-k puts the row maximum in column 0. Clamping it keeps a row
-    # whose values are all -inf (nothing valid) finite, and clamping the sum makes that
-    # row's weights 0 rather than 0/0.
-    finfo = torch.finfo(values.dtype)
-    torch.clamp(values[:, :1], min=finfo.min, out=buffers.row_max)
-    values.sub_(buffers.row_max).exp_()
-    torch.sum(values, dim=1, keepdim=True, out=buffers.row_sum)
-    values.div_(buffers.row_sum.clamp_(min=finfo.tiny))
-
-    weights = aff.zero_().scatter_(1, indices, values)  # (M, N), reuses the affinity buffer
-    rows = num_objects * value_dim
-    torch.mm(memory_values.reshape(rows, num_memory), weights.t(), out=out.view(rows, num_queries))
-    torch.sum(weights, dim=0, out=buffers.position_weight)
-    return out, buffers.position_weight
+def position_weight(weights: torch.Tensor, indices: torch.Tensor, num_memory: int) -> torch.Tensor:
+    """(N,) weight mass each memory position received (a new tensor; for tests and logs)."""
+    return torch.zeros(num_memory, dtype=weights.dtype, device=weights.device).index_add_(0, indices.view(-1), weights.view(-1))
 
 
 def dense_readout(
@@ -152,12 +242,13 @@ def dense_readout(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference for tests: the same readout with every weight materialised densely.
 
-    Built differently on purpose: :func:`eamstcn.ops.affinity` in (N, M), top-k over
-    the memory axis, softmax over a -inf-masked dense matrix. Shapes as :func:`topk_readout`.
+    Built differently on purpose: :func:`eamstcn.ops.affinity` in (N, M), top-k over the
+    memory axis, softmax over a -inf-masked dense matrix. Takes values ``(K, N, Cv)``
+    like :func:`topk_readout`; returns ``(readout (K, Cv, M), position weight (N,))``.
     """
     scores = affinity(memory_keys.unsqueeze(0), query_key.unsqueeze(0))[0]  # (N, M)
     scores = scores.masked_fill(~valid.unsqueeze(1), -math.inf)
     k = min(top_k, scores.shape[0])
     kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(0, scores.topk(k, dim=0).indices, True)
     weights = torch.softmax(scores.masked_fill(~kept, -math.inf), dim=0).nan_to_num(0.0)  # (N, M)
-    return memory_values @ weights, weights.sum(dim=1)
+    return memory_values.transpose(1, 2) @ weights.to(memory_values.dtype), weights.sum(dim=1)

@@ -1,8 +1,10 @@
 """When to encode a frame into memory: the fixed and the motion-aware rule (DESIGN section 3).
 
-The diffs and the trigger stay on the device in preallocated buffers; a call reads one
-bool back (one ``.item()``) and only when the answer depends on the trigger: frames in
-the cooldown and periodic frames are decided on the host without waiting.
+The whole rule runs on the device in preallocated buffers: the diffs, their rates of
+change, the trigger, the frame counter, the periodic rule and the cooldown. A decision is
+a 0-d bool device tensor (:meth:`SavePolicy.decide`) that the memory bank takes as it is
+(:meth:`eamstcn.runtime.memory.MemoryBank.commit`), so deciding never waits on the device.
+:meth:`SavePolicy.should_save` reads it back as a bool, for tests and offline use.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class SavePolicy:
     """Decides, frame by frame, whether the session stores the frame in memory.
 
     Call :meth:`observe_first` at t = 0 (the first frame is always stored by the
-    session), then :meth:`should_save` for t = 1, 2, ... in order.
+    session), then :meth:`decide` (or :meth:`should_save`) for t = 1, 2, ... in order.
+    The frame counter lives on the device, so a captured CUDA graph of :meth:`decide`
+    replays correctly.
     """
 
     def __init__(self, config: SaveConfig, num_objects: int) -> None:
@@ -43,17 +47,24 @@ class SavePolicy:
         self.config = config
         self._num_objects = num_objects
         self._buffers_ready = False
+        self._counters_ready = False
         self.reset()
 
     @property
     def num_objects(self) -> int:
         return self._num_objects
 
+    @property
+    def decision(self) -> torch.Tensor:
+        """The 0-d bool device buffer :meth:`decide` writes (exists after observe_first)."""
+        if not self._counters_ready:
+            raise RuntimeError("call observe_first before asking for the decision buffer")
+        return self._decision
+
     def reset(self) -> None:
         """Forget the stream; the next call must be :meth:`observe_first`. Buffers are kept."""
         self._observed = False
-        self._num_diffs = 0
-        self._cooldown = 0
+        self._calls = 0  # decide() calls since observe_first, for should_save's check only
 
     def set_num_objects(self, num_objects: int) -> None:
         """Objects added mid-stream: their previous mask counts as all zeros."""
@@ -66,7 +77,7 @@ class SavePolicy:
             self._prev_probs[:kept].copy_(old[:kept])
             self._mask_work = torch.empty_like(self._prev_probs)
         self._num_objects = num_objects
-        if self._buffers_ready:
+        if self._counters_ready:
             self._load_trigger_table()
 
     def observe_first(self, image: torch.Tensor, probs: torch.Tensor) -> None:
@@ -74,6 +85,10 @@ class SavePolicy:
         self._check(image, probs)
         self.reset()
         self._observed = True
+        if not self._counters_ready or self._frame.device != image.device:
+            self._allocate_counters(image.device)
+        for counter in (self._frame, self._cooldown, self._num_diffs):
+            counter.zero_()
         if self.config.mode == "fixed":
             return
         if not self._buffers_ready or self._prev_image.shape != image.shape or self._prev_probs.shape != probs.shape:
@@ -81,74 +96,69 @@ class SavePolicy:
         self._prev_image.copy_(image)
         self._prev_probs.copy_(probs)
 
-    def should_save(self, t: int, image: torch.Tensor, probs: torch.Tensor) -> bool:
-        """Whether to store frame ``t`` (>= 1). Shapes as :meth:`observe_first`."""
+    def decide(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Whether to store the next frame (t = 1, 2, ...), as a 0-d bool device tensor.
+
+        Shapes as :meth:`observe_first`. The result is a buffer overwritten by the next
+        call; nothing here reads the device.
+        """
         if not self._observed:
-            raise RuntimeError("call observe_first with frame 0 before should_save")
-        if t < 1:
-            raise ValueError(f"should_save is for t >= 1, got {t}")
+            raise RuntimeError("call observe_first with frame 0 before decide")
         self._check(image, probs)
-        every = self.config.every
+        self._calls += 1
+        self._frame.add_(1)
+        torch.remainder(self._frame, self.config.every, out=self._remainder)
         if self.config.mode == "fixed":
-            return t % every == 0
+            return torch.eq(self._remainder, 0, out=self._decision)
 
         # The series is kept on every frame, whatever the decision.
         config = self.config
         self._percent_changed(image, self._prev_image, self._image_work, self._image_sum, config.image_threshold, self._image_diff)
         self._percent_changed(probs, self._prev_probs, self._mask_work, self._mask_sum, config.mask_threshold, self._mask_diff)
-        self._num_diffs += 1
-        if self._num_diffs >= 2:
-            torch.sub(self._image_diff, self._prev_image_diff, out=self._image_roc).abs_()
-            torch.sub(self._mask_diff, self._prev_mask_diff, out=self._mask_roc).abs_()
+        self._num_diffs.add_(1)
+        torch.sub(self._image_diff, self._prev_image_diff, out=self._image_roc).abs_()
+        torch.sub(self._mask_diff, self._prev_mask_diff, out=self._mask_roc).abs_()
         self._prev_image_diff.copy_(self._image_diff)
         self._prev_mask_diff.copy_(self._mask_diff)
 
-        if self._cooldown > 0:
-            self._cooldown -= 1
-            return False
-        save = t % every == 0 or (self._num_diffs >= 2 and self._trigger())
-        if save:
-            self._cooldown = self.config.cooldown
-        return save
-
-    # ------------------------------------------------------------------ logging
-    @property
-    def last_image_diff(self) -> torch.Tensor | None:
-        """0-d device tensor: % of pixels that changed in the image at the last frame."""
-        return self._image_diff if self._num_diffs >= 1 else None
-
-    @property
-    def last_mask_diff(self) -> torch.Tensor | None:
-        return self._mask_diff if self._num_diffs >= 1 else None
-
-    @property
-    def last_image_roc(self) -> torch.Tensor | None:
-        return self._image_roc if self._num_diffs >= 2 else None
-
-    @property
-    def last_mask_roc(self) -> torch.Tensor | None:
-        return self._mask_roc if self._num_diffs >= 2 else None
-
-    def stats(self) -> dict[str, float]:
-        """The last diffs and rocs as floats, for logs only: this waits on the device."""
-        named = {
-            "img_diff": self.last_image_diff,
-            "msk_diff": self.last_mask_diff,
-            "im_roc": self.last_image_roc,
-            "msk_roc": self.last_mask_roc,
-        }
-        return {name: float(value.item()) for name, value in named.items() if value is not None}
-
-    # ------------------------------------------------------------------ internals
-    def _trigger(self) -> bool:
+        # The cooldown is decremented at the top of every frame, then checked (the
+        # original's countdown): a save at t sets it so that t+1..t+cooldown are blocked.
+        torch.le(self._cooldown, 0, out=self._free)
+        self._cooldown.sub_(1).clamp_(min=0)
+        # Trigger: rocs exist once two diffs do.
         torch.gt(self._mask_roc, self._mask_above, out=self._holds)
         torch.lt(self._mask_roc, self._mask_below, out=self._compared)
         self._holds.logical_and_(self._compared)
         torch.gt(self._image_roc, self._image_above, out=self._compared)
         self._holds.logical_and_(self._compared)
-        torch.any(self._holds, dim=0, out=self._any)
-        return bool(self._any.item())  # the one host sync of the frame
+        torch.any(self._holds, dim=0, out=self._triggered)
+        torch.ge(self._num_diffs, 2, out=self._rocs_exist)
+        self._triggered.logical_and_(self._rocs_exist)
+        decision = torch.eq(self._remainder, 0, out=self._decision)
+        decision.logical_or_(self._triggered).logical_and_(self._free)
+        torch.where(decision, self._cooldown_after_save, self._cooldown, out=self._cooldown)
+        return decision
 
+    def should_save(self, t: int, image: torch.Tensor, probs: torch.Tensor) -> bool:
+        """:meth:`decide` for frame ``t`` (>= 1), read back as a bool (a host sync)."""
+        if not self._observed:
+            raise RuntimeError("call observe_first with frame 0 before should_save")
+        if t < 1:
+            raise ValueError(f"should_save is for t >= 1, got {t}")
+        if t != self._calls + 1:
+            raise ValueError(f"frames must come in order: expected t = {self._calls + 1}, got {t}")
+        return bool(self.decide(image, probs))
+
+    # ------------------------------------------------------------------ logging
+    def stats(self) -> dict[str, float]:
+        """The last diffs and rocs as floats, for logs only: this waits on the device."""
+        if self.config.mode == "fixed" or not self._observed:
+            return {}
+        diffs = int(self._num_diffs) if self._counters_ready else 0
+        named = {"img_diff": (self._image_diff, 1), "msk_diff": (self._mask_diff, 1), "im_roc": (self._image_roc, 2), "msk_roc": (self._mask_roc, 2)}
+        return {name: float(value) for name, (value, needs) in named.items() if diffs >= needs}
+
+    # ------------------------------------------------------------------ internals
     @staticmethod
     def _percent_changed(
         current: torch.Tensor,
@@ -169,25 +179,39 @@ class SavePolicy:
         out.mul_(100.0 / pixel_sum.numel())
         previous.copy_(current)
 
+    def _allocate_counters(self, device: torch.device) -> None:
+        int64 = {"device": device, "dtype": torch.int64}
+        boolean = {"device": device, "dtype": torch.bool}
+        self._frame = torch.zeros((), **int64)
+        self._remainder = torch.zeros((), **int64)
+        self._cooldown = torch.zeros((), **int64)
+        self._num_diffs = torch.zeros((), **int64)
+        self._cooldown_after_save = torch.tensor(self.config.cooldown, **int64)
+        self._decision = torch.zeros((), **boolean)
+        self._free = torch.zeros((), **boolean)
+        self._triggered = torch.zeros((), **boolean)
+        self._rocs_exist = torch.zeros((), **boolean)
+        self._holds = torch.empty(5, **boolean)
+        self._compared = torch.empty(5, **boolean)
+        stat = {"device": device, "dtype": torch.float32}
+        self._image_diff, self._prev_image_diff, self._image_roc = (torch.zeros((), **stat) for _ in range(3))
+        self._mask_diff, self._prev_mask_diff, self._mask_roc = (torch.zeros((), **stat) for _ in range(3))
+        self._counters_ready = True
+        self._buffers_ready = False
+        self._load_trigger_table()
+
     def _allocate(self, image: torch.Tensor, probs: torch.Tensor) -> None:
-        stat = {"device": image.device, "dtype": torch.float32}
         self._prev_image = torch.empty_like(image)
         self._image_work = torch.empty_like(image)
         self._image_sum = image.new_empty(image.shape[1:])
         self._prev_probs = torch.empty_like(probs)
         self._mask_work = torch.empty_like(probs)
         self._mask_sum = probs.new_empty(probs.shape[1:])
-        self._image_diff, self._prev_image_diff, self._image_roc = (torch.zeros((), **stat) for _ in range(3))
-        self._mask_diff, self._prev_mask_diff, self._mask_roc = (torch.zeros((), **stat) for _ in range(3))
-        self._holds = torch.empty(5, device=image.device, dtype=torch.bool)
-        self._compared = torch.empty(5, device=image.device, dtype=torch.bool)
-        self._any = torch.empty((), device=image.device, dtype=torch.bool)
         self._buffers_ready = True
-        self._load_trigger_table()
 
     def _load_trigger_table(self) -> None:
         rows = torch.tensor(_trigger_rows(self.config, self._num_objects), dtype=torch.float32)
-        rows = rows.to(self._image_diff.device)
+        rows = rows.to(self._frame.device)
         self._mask_above, self._mask_below, self._image_above = rows.unbind(dim=1)
 
     def _check(self, image: torch.Tensor, probs: torch.Tensor) -> None:

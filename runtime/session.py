@@ -1,29 +1,43 @@
-"""One video stream through the three engines, the memory bank and the save rule.
+"""One video stream: input checks, the user's object ids, and the per-frame schedule.
 
-Schedule (docs/ARCHITECTURE.md): t = 0 key encoder, value encoder from the given mask,
-store permanently; t >= 1 key encoder -> memory read -> decoder -> sigmoid -> soft
-aggregation -> output, then the save rule; a saved frame's value is encoded from this
-frame's ``f16x`` and the aggregated probabilities (no second key pass). The last frame
-of a file is never stored.
+The work itself is the step core's (:mod:`eamstcn.runtime.step_core`): fixed buffers,
+engines bound once per object count K, the memory bank and the save rule. This module
+decides what runs when (docs/ARCHITECTURE.md):
 
-All pre/post-processing runs on the engines' device in torch; no numpy per frame.
+- t = 0: key encoder, value encoder from the given mask, store permanently;
+- a frame with an annotation (new objects or corrections): predict, merge, store (may
+  read the device and allocate: annotated frames are rare);
+- a steady frame t: first the store of frame t-1 if its save decision (made on the
+  device at t-1) says so; then key encoder -> memory read -> decoder -> aggregation ->
+  output, and the save rule's decision for frame t, left on the device. Storing frame
+  t-1 at the start of t, before t's read, keeps exactly the memory the original
+  schedule (store at the end of t-1) has. The host learns a decision without waiting
+  (:mod:`eamstcn.runtime.decision`); until it knows, it runs the store masked by the
+  device flag. The last frame of a file is never stored.
+
+On CUDA the steady phases run on the session's own stream and, by default, as CUDA
+graphs captured once per K (:mod:`eamstcn.runtime.cuda_graphs`): no host sync and no
+allocation in a steady frame.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from eamstcn.ops import pad_amounts, pad_to_multiple, normalize_image, soft_aggregate, unpad
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
+from eamstcn.runtime.cuda_graphs import GraphedPhase, new_pool
 from eamstcn.runtime.engines.base import EngineSet
-from eamstcn.runtime.memory import MemoryBank
-from eamstcn.runtime.save_policy import SavePolicy
+from eamstcn.runtime.geometry import Geometry
+from eamstcn.runtime.objects import ObjectError, ObjectRegistry, one_hot, overwrite, to_graph_size
+from eamstcn.runtime.postprocess import to_frame_size
+from eamstcn.runtime.step_core import StepCore
 from eamstcn.runtime.timing import STAGES, StageTimer, StepStats
 
-__all__ = ["STAGES", "Session", "SessionError", "StepStats"]
+__all__ = ["DEFAULT_MAX_OBJECTS", "STAGES", "Session", "SessionError", "StepStats"]
 
 #: Objects a bank holds room for when neither the manifest nor the caller says.
 DEFAULT_MAX_OBJECTS = 8
@@ -35,13 +49,13 @@ class SessionError(ValueError):
 
 @dataclass
 class _StreamState:
-    """Everything that belongs to one stream (cleared by :meth:`Session.reset`)."""
+    """What belongs to one stream besides the core's buffers (cleared by :meth:`Session.reset`)."""
 
     frame_index: int = 0
-    object_ids: list[int] = field(default_factory=list)  # dense index k-1 -> the user's id
     frame_shape: tuple[int, int] | None = None  # (H, W) of frame 0
     permanent_frames: int = 0
-    stored_frames: int = 0  # total writes (the bank's size saturates at its capacity)
+    pending: bool = False  # the last frame's store (decided on the device) has not run yet
+    output_size: tuple[int, int] | None = None  # (H, W) of the last steady output
 
 
 class Session:
@@ -53,7 +67,11 @@ class Session:
         save: save rule configuration (fixed / adaptive).
         max_objects: objects the bank makes room for; defaults to the manifest's
             ``max_objects`` (the engines' limit), else :data:`DEFAULT_MAX_OBJECTS`.
-        timing: collect per-stage timings into :attr:`last_stats` (CUDA events on CUDA).
+        timing: collect per-stage timings into :attr:`last_stats` (CUDA events on CUDA;
+            reading them waits for the device once per frame).
+        cuda_graphs: capture the steady phases as CUDA graphs; default: on CUDA without
+            timing (with timing, each stage is timed eagerly unless this is True, and
+            then a captured run of stages is timed as one stage, "frame" or "store").
     """
 
     def __init__(
@@ -63,6 +81,7 @@ class Session:
         save: SaveConfig | None = None,
         max_objects: int | None = None,
         timing: bool = False,
+        cuda_graphs: bool | None = None,
     ) -> None:
         self.engines = engines
         self.memory_config = memory or MemoryConfig()
@@ -74,30 +93,29 @@ class Session:
         self.device = engines.device
         self.dtype = engines.dtype
         self.frame_size = manifest.frame_size
+        cuda = self.device.type == "cuda"
+        if cuda_graphs and not cuda:
+            raise SessionError("CUDA graphs need a CUDA device")
+        self.cuda_graphs = cuda and (cuda_graphs if cuda_graphs is not None else not timing)
+        self._stream = torch.cuda.Stream(self.device) if cuda else None
+        self._pool = new_pool() if self.cuda_graphs else None
         self.timer = StageTimer(self.device, timing)
         self.last_stats: StepStats | None = None
-        self.policy = SavePolicy(self.save_config, 1)
-        self._bank: MemoryBank | None = None
+        #: Stores run before the host knew the decision (masked by the device flag).
+        self.speculative_stores = 0
+        self.objects = ObjectRegistry(self.device, self.max_objects)
+        self._core: StepCore | None = None
         self._state = _StreamState()
-        # object id (0..255) -> dense index; rebuilt when objects are added.
-        self._dense_of_id = torch.zeros(256, dtype=torch.long, device=self.device)
-        self._id_of_dense = torch.zeros(1, dtype=torch.uint8, device=self.device)
-        # normalize_image builds its mean/std with torch.tensor(..., device=...): on CUDA a
-        # blocking host-to-device copy per frame. It is affine, so take it once as
-        # x * scale + shift (same function, same constants) and keep both on the device.
-        shift = normalize_image(torch.zeros(3, 1, 1))
-        self._norm_shift = shift.to(self.device)
-        self._norm_scale = (normalize_image(torch.ones(3, 1, 1)) - shift).to(self.device)
 
     # ------------------------------------------------------------------ public
     @property
     def num_objects(self) -> int:
-        return len(self._state.object_ids)
+        return len(self.objects)
 
     @property
     def object_ids(self) -> tuple[int, ...]:
         """The user's object ids, in the order of probability rows 1..K."""
-        return tuple(self._state.object_ids)
+        return tuple(self.objects.ids)
 
     @property
     def frame_index(self) -> int:
@@ -106,24 +124,43 @@ class Session:
 
     @property
     def memory_frames(self) -> int:
-        return 0 if self._bank is None else self._bank.size
+        """Frames in the bank's regular slots, the last frame's pending store included.
+        Reads the device (call between frames, not in a timed loop)."""
+        core = self._core
+        if core is None:
+            return 0
+        size = core.bank.size
+        if self._pending_stores():
+            size = min(size + 1, core.bank.capacity)
+        return size
 
     @property
     def stored_frames(self) -> int:
-        """Frames written into memory so far in this stream (evicted ones included)."""
-        return self._state.stored_frames
+        """Frames stored in this stream (evicted ones and a pending store included).
+        Reads the device (call between frames, not in a timed loop)."""
+        core = self._core
+        if core is None:
+            return 0
+        return int(core.bank.writes) + int(self._pending_stores())
 
     def reset(self) -> None:
-        """Forget the stream: memory, objects, the save rule's history."""
-        if self._bank is not None:
-            self._bank.reset()
-        self.policy.reset()
+        """Forget the stream: memory, objects, the save rule's history. Buffers are kept."""
+        if self._core is not None:
+            self._core.bank.reset()
+            self._core.policy.reset()
+        self.objects.reset()
         self._state = _StreamState()
         self.last_stats = None
 
     def labels(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """(K+1, H, W) probabilities -> (H, W) uint8 labels holding the user's object ids."""
-        return self._id_of_dense[probabilities.argmax(dim=0)]
+        """(K+1, H, W) probabilities -> (H, W) uint8 labels holding the user's object ids.
+
+        The result is a session buffer overwritten by the next call: copy what you keep.
+        """
+        size = self._state.output_size
+        if self._core is None or size is None:
+            return self.objects.id_of_dense[probabilities.argmax(dim=0)]
+        return self._core.parts(self.num_objects).output(size).labels(probabilities, self.objects.id_of_dense)
 
     @torch.no_grad()  # not inference_mode: the bank's buffers must stay writable by reset()
     def step(self, frame: torch.Tensor, new_masks: torch.Tensor | None = None, is_last: bool = False) -> torch.Tensor:
@@ -137,91 +174,26 @@ class Session:
             is_last: the last frame of a file: it is never stored into memory.
         Returns:
             (K+1, H, W) float32 probabilities at the frame's own size, on the engines'
-            device; row 0 is the background, row k the object ``object_ids[k-1]``.
+            device; row 0 is the background, row k the object ``object_ids[k-1]``. On
+            steady frames it is a view of a session buffer, overwritten by the next step.
         """
         state = self._state
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != torch.uint8:
-            raise SessionError(f"frames must be (H, W, 3) uint8 RGB, got {tuple(frame.shape)} {frame.dtype}")
-        height, width = int(frame.shape[0]), int(frame.shape[1])
-        if new_masks is not None and tuple(new_masks.shape) != (height, width):
-            raise SessionError(f"mask is {new_masks.shape[1]}x{new_masks.shape[0]} but the frame is {width}x{height}")
-        first = state.frame_index == 0
-        if first and new_masks is None:
-            raise SessionError("the first frame needs a mask")
-        if first:
-            state.frame_shape = (height, width)
-        elif self.frame_size is None and state.frame_shape != (height, width):
-            # Without a fixed engine frame size the memory's latent size follows frame 0.
-            raise SessionError(f"frame size changed from {state.frame_shape} to {(height, width)} mid-stream")
+        height, width = self._check_input(frame, new_masks)
         timer = self.timer
-        timer.begin()
-
-        with timer.stage("preprocess"):
-            image, size = self._prepare_image(frame)
-            annotation = None
-            if new_masks is not None:
-                annotation = self._register_objects(new_masks.to(self.device, non_blocking=True))
-            if first:
-                self._ensure_bank(image.shape[-2:])
-                self.policy.reset()
-                self.policy.set_num_objects(self.num_objects)
-            dense_small = None if annotation is None else self._to_graph_size(annotation[0], size)
-
-        with timer.stage("key_encoder"):
-            encoded = self.engines.key_encoder(image=image)
-            key, f16x, f8, f4 = encoded["key"], encoded["f16x"], encoded["f8"], encoded["f4"]
-
-        num_objects = self.num_objects
-        predicted = None  # (K+1, 1, Hp, Wp) as the network saw it; the output is made from it
-        if first:
-            assert dense_small is not None
-            probs = self._one_hot(dense_small, num_objects)  # (K+1, 1, Hp, Wp)
-        else:
-            assert self._bank is not None
-            with timer.stage("memory_read"):
-                readout = self._bank.read(key)
-            with timer.stage("decoder"):
-                logits = self.engines.decoder(readout=readout, f16x=f16x, f8=f8, f4=f4)["logits"]
-            with timer.stage("aggregate"):
-                _, probs = soft_aggregate(torch.sigmoid(logits.float()))
-                predicted = probs
-                if dense_small is not None:
-                    predicted = self._add_object_rows(probs, added=annotation[1])  # type: ignore[index]
-                    # Memory and the save rule get the annotation at the graphs' size; the
-                    # output merges it at the frame's own size below (exact, no blur).
-                    probs = _overwrite(predicted, dense_small)
-
-        saved = False
-        object_probs = probs[1:]  # (K, 1, Hp, Wp)
-        if first:
-            self.policy.observe_first(image[0], object_probs[:, 0])
-            self._store(image, object_probs, f16x, key, permanent=True)
-            saved = True
-        elif not is_last:
-            with timer.stage("save_decision"):
-                wanted = self.policy.should_save(state.frame_index, image[0], object_probs[:, 0])
-            annotated = dense_small is not None
-            if wanted or annotated:
-                with timer.stage("value_encoder"):
-                    # A frame that brings new objects or corrections is ground truth: keep
-                    # it permanently while at least one slot stays replaceable.
-                    permanent = annotated and state.permanent_frames < self.memory_config.capacity - 1
-                    self._store(image, object_probs, f16x, key, permanent=permanent)
-                saved = True
-            elif self.memory_config.temporary_slot:
-                with timer.stage("value_encoder"):
-                    self._set_temporary(image, object_probs, f16x, key)
-
-        with timer.stage("postprocess"):
-            if first:
-                output = self._one_hot(annotation[0], num_objects).squeeze(1)  # type: ignore[index]
+        with self._on_stream():
+            timer.begin()
+            if state.frame_index == 0:
+                assert new_masks is not None
+                output, saved = self._first(frame, new_masks), True
             else:
-                assert predicted is not None
-                output = self._to_frame_size(predicted, size, (height, width))
-                if annotation is not None:
-                    output = _overwrite(output.unsqueeze(1), annotation[0]).squeeze(1)
-
-        stages, total = timer.finish()
+                if state.pending:
+                    self._store_pending()
+                if new_masks is not None:
+                    output, saved = self._annotated(frame, new_masks), True
+                else:
+                    output = self._steady(frame, (height, width), is_last)
+                    saved = self._decided_to_save() if timer.enabled and not is_last else False
+            stages, total = timer.finish()
         if timer.enabled:
             self.last_stats = StepStats(
                 frame=state.frame_index,
@@ -229,118 +201,120 @@ class Session:
                 total_ms=total,
                 saved=saved,
                 memory_frames=self.memory_frames,
-                objects=num_objects,
+                objects=self.num_objects,
             )
         state.frame_index += 1
         return output
 
-    # ------------------------------------------------------------------ internals
-    def _prepare_image(self, frame: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(H, W, 3) uint8 -> normalised, padded (1, 3, Hp, Wp) in the engines' dtype, and
-        the size (h, w) the frame was resized to before padding."""
-        x = frame.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    # ------------------------------------------------------------------ schedule
+    def _first(self, frame: torch.Tensor, new_masks: torch.Tensor) -> torch.Tensor:
+        state = self._state
+        with self.timer.stage("preprocess"):
+            dense, _ = self._register(new_masks, first=True)
+            core = self._ensure_core(frame)
+            core.set_source(frame, staged=self.cuda_graphs)
+            dense_small = to_graph_size(dense, core.geometry.size)
+        with self.timer.stage("value_encoder"):
+            core.first_frame(dense_small, self.num_objects)
+        state.frame_shape = (int(frame.shape[0]), int(frame.shape[1]))
+        return one_hot(dense, self.num_objects).squeeze(1)
+
+    def _annotated(self, frame: torch.Tensor, new_masks: torch.Tensor) -> torch.Tensor:
+        """A later frame with an annotation (new objects or corrections): not steady."""
+        state, core = self._state, self._core
+        assert core is not None
+        with self.timer.stage("preprocess"):
+            old_objects = self.num_objects
+            dense, added = self._register(new_masks, first=False)
+            core.set_source(frame, staged=self.cuda_graphs)
+            dense_small = to_graph_size(dense, core.geometry.size)
+        # A frame that brings new objects or corrections is ground truth: keep it
+        # permanently while at least one slot stays replaceable.
+        permanent = state.permanent_frames < self.memory_config.capacity - 1
+        with self.timer.stage("value_encoder"):
+            predicted = core.annotated_frame(dense_small, old_objects, added, permanent)
+        state.permanent_frames += int(permanent)
+        with self.timer.stage("postprocess"):
+            # Memory and the save rule got the annotation at the graphs' size; the output
+            # merges it at the frame's own size (exact, no blur).
+            output = to_frame_size(predicted, core.geometry, (int(frame.shape[0]), int(frame.shape[1])))
+            return overwrite(output.unsqueeze(1), dense).squeeze(1)
+
+    def _steady(self, frame: torch.Tensor, frame_size: tuple[int, int], is_last: bool) -> torch.Tensor:
+        core = self._core
+        assert core is not None
+        core.set_source(frame, staged=self.cuda_graphs)
+        output = core.run_frame(self.num_objects, frame_size, self.timer, self._graphs())
+        core.mirror.record()
+        self._state.pending = not is_last
+        self._state.output_size = frame_size
+        return output
+
+    def _store_pending(self) -> None:
+        """Frame t-1's store, at the start of frame t: skipped when the host already knows
+        the device decided against it, else run masked by the device's decision."""
+        core = self._core
+        assert core is not None
+        self._state.pending = False
+        known = core.mirror.peek()
+        if known is False and not self.memory_config.temporary_slot:
+            return  # (with a temporary slot every frame is written somewhere)
+        if known is None:
+            self.speculative_stores += 1
+        core.run_store(self.num_objects, self.timer, self._graphs())
+
+    # ------------------------------------------------------------------ helpers
+    def _graphs(self):  # noqa: ANN202 - a factory or None
+        if not self.cuda_graphs:
+            return None
+        pool = self._pool
+        return lambda phase: GraphedPhase(phase, pool)
+
+    def _pending_stores(self) -> bool:
+        """Whether the last frame's pending store will write (reads the device)."""
+        return self._state.pending and self._decided_to_save()
+
+    def _decided_to_save(self) -> bool:
+        assert self._core is not None
+        return bool(self._core.policy.decision)
+
+    def _register(self, new_masks: torch.Tensor, first: bool) -> tuple[torch.Tensor, int]:
+        try:
+            return self.objects.register(new_masks.to(self.device, non_blocking=True), first)
+        except ObjectError as error:
+            raise SessionError(str(error)) from None
+
+    def _ensure_core(self, frame: torch.Tensor) -> StepCore:
+        """The core for this stream's geometry: reused when it has not changed."""
         size = self.frame_size or (int(frame.shape[0]), int(frame.shape[1]))
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-        x, _ = pad_to_multiple(torch.addcmul(self._norm_shift, x, self._norm_scale))
-        return x.to(self.dtype).contiguous(), size
+        if self._core is None or self._core.geometry.size != size:
+            self._core = StepCore(self.engines, Geometry.for_size(*size), self.memory_config, self.save_config, self.max_objects)
+        return self._core
 
-    def _ensure_bank(self, padded: torch.Size) -> None:
-        """Build the bank for this latent size, or reuse the one already allocated."""
-        height, width = int(padded[0]) // 16, int(padded[1]) // 16
-        config = self.engines.manifest.model_config
-        bank = self._bank
-        if bank is not None and (bank._height, bank._width) == (height, width):  # noqa: SLF001
-            bank.reset(self.num_objects)
+    def _check_input(self, frame: torch.Tensor, new_masks: torch.Tensor | None) -> tuple[int, int]:
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != torch.uint8:
+            raise SessionError(f"frames must be (H, W, 3) uint8 RGB, got {tuple(frame.shape)} {frame.dtype}")
+        height, width = int(frame.shape[0]), int(frame.shape[1])
+        if new_masks is not None and tuple(new_masks.shape) != (height, width):
+            raise SessionError(f"mask is {new_masks.shape[1]}x{new_masks.shape[0]} but the frame is {width}x{height}")
+        state = self._state
+        if state.frame_index == 0 and new_masks is None:
+            raise SessionError("the first frame needs a mask")
+        if state.frame_index > 0 and self.frame_size is None and state.frame_shape != (height, width):
+            # Without a fixed engine frame size the memory's latent size follows frame 0.
+            raise SessionError(f"frame size changed from {state.frame_shape} to {(height, width)} mid-stream")
+        return height, width
+
+    @contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        """On CUDA: run on the session's stream, ordered after the caller's stream (which
+        uploaded the frame) and before what the caller does next. No host sync."""
+        if self._stream is None:
+            yield
             return
-        self._bank = MemoryBank(
-            self.memory_config,
-            config.key_dim,
-            config.value_dim,
-            height,
-            width,
-            self.max_objects,
-            num_objects=self.num_objects,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        caller = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(caller)
+        with torch.cuda.stream(self._stream):
+            yield
+        caller.wait_stream(self._stream)
 
-    def _register_objects(self, ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """User ids (H, W) -> dense indices (H, W) long (0 = no annotation), and how many
-        objects are new. New ids get the next dense indices, in increasing id order."""
-        present = torch.unique(ids).tolist()  # one small host sync, only on annotated frames
-        present = [int(v) for v in present if v != 0]
-        if not present and self._state.frame_index == 0:
-            raise SessionError("the first mask has no object (every pixel is background)")
-        new = [v for v in present if v not in self._state.object_ids]
-        total = self.num_objects + len(new)
-        if total > self.max_objects:
-            raise SessionError(f"{total} objects requested; these engines/bank take at most {self.max_objects}")
-        if new:
-            self._state.object_ids.extend(new)
-            table = torch.zeros(256, dtype=torch.long)
-            table[torch.tensor(self._state.object_ids)] = torch.arange(1, total + 1)
-            self._dense_of_id = table.to(self.device)
-            self._id_of_dense = torch.tensor([0, *self._state.object_ids], dtype=torch.uint8, device=self.device)
-        return self._dense_of_id[ids.long()], len(new)
-
-    def _to_graph_size(self, dense: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Dense indices (H, W) -> (Hp, Wp): nearest resize to the graph's frame size, zero pad."""
-        x = dense[None, None].float()
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="nearest")
-        x, _ = pad_to_multiple(x)
-        return x[0, 0].long()
-
-    def _one_hot(self, dense: torch.Tensor, num_objects: int) -> torch.Tensor:
-        """Dense indices (H, W) -> (K+1, 1, H, W) float32 one-hot (0 is background)."""
-        classes = torch.arange(num_objects + 1, device=dense.device).view(-1, 1, 1)
-        return (dense.unsqueeze(0) == classes).float().unsqueeze(1)
-
-    def _to_frame_size(self, probs: torch.Tensor, size: tuple[int, int], frame_size: tuple[int, int]) -> torch.Tensor:
-        """(K+1, 1, Hp, Wp) -> (K+1, H, W) float32: unpad, then resize to the frame's size."""
-        x = unpad(probs, pad_amounts(*size))
-        if tuple(x.shape[-2:]) != frame_size:
-            x = F.interpolate(x.transpose(0, 1), size=frame_size, mode="bilinear", align_corners=False).transpose(0, 1)
-        return x[:, 0].float()
-
-    def _add_object_rows(self, probs: torch.Tensor, added: int) -> torch.Tensor:
-        """Prediction (K_old+1, 1, Hp, Wp) -> (K+1, 1, Hp, Wp) for objects added this frame.
-
-        They were not part of the read (the bank holds nothing for them yet), so their
-        probability is 0 wherever they are not drawn; the bank and the save rule learn
-        the new object count here.
-        """
-        if not added:
-            return probs
-        assert self._bank is not None
-        self._bank.add_objects(added)
-        self.policy.set_num_objects(self.num_objects)
-        return torch.cat([probs, probs.new_zeros((added, *probs.shape[1:]))], dim=0)
-
-    def _encode_value(self, image: torch.Tensor, object_probs: torch.Tensor, f16x: torch.Tensor) -> torch.Tensor:
-        masks = object_probs.to(self.dtype).contiguous()
-        others = (masks.sum(dim=0, keepdim=True) - masks).contiguous()
-        return self.engines.value_encoder(image=image, masks=masks, others=others, f16x=f16x)["value"]
-
-    def _store(self, image: torch.Tensor, object_probs: torch.Tensor, f16x: torch.Tensor, key: torch.Tensor, permanent: bool) -> None:
-        assert self._bank is not None
-        value = self._encode_value(image, object_probs, f16x)
-        self._bank.add(key, value, permanent=permanent)
-        if self.memory_config.temporary_slot:
-            self._bank.clear_temporary()  # this frame is in memory already: no duplicate
-        self._state.stored_frames += 1
-        self._state.permanent_frames += int(permanent)
-
-    def _set_temporary(self, image: torch.Tensor, object_probs: torch.Tensor, f16x: torch.Tensor, key: torch.Tensor) -> None:
-        assert self._bank is not None
-        self._bank.set_temporary(key, self._encode_value(image, object_probs, f16x))
-
-
-def _overwrite(probs: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """Where ``dense`` (H, W) names an object, make ``probs`` (K+1, 1, H, W) one-hot on it;
-    elsewhere keep the prediction (rows of objects added this frame are 0 there)."""
-    classes = torch.arange(probs.shape[0], device=probs.device).view(-1, 1, 1, 1)
-    annotated = (dense > 0).view(1, 1, *dense.shape)
-    one_hot = (dense.view(1, 1, *dense.shape) == classes).to(probs.dtype)
-    return torch.where(annotated, one_hot, probs)

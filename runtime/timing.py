@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 import torch
 
 #: Stage names in step order; a stage that did not run this frame is absent from ``stages``.
-STAGES = ("preprocess", "key_encoder", "memory_read", "decoder", "aggregate", "save_decision", "value_encoder", "postprocess")
+#: A steady frame first stores the previous frame when the save rule decided so
+#: ("memory_write" around "value_encoder"). With CUDA graphs and timing, a captured run
+#: of stages is one stage named after its phase: "store" or "frame".
+STAGES = (
+    "memory_write", "value_encoder", "store", "preprocess", "key_encoder", "memory_read", "decoder", "aggregate",
+    "save_decision", "postprocess", "frame",
+)  # fmt: skip
 
 _NO_OP = nullcontext()
 

@@ -15,7 +15,7 @@ import torch
 
 from eamstcn.config import ModelConfig
 from eamstcn.ops import pad_amounts
-from eamstcn.runtime.engines.base import EngineSet, GraphEngine
+from eamstcn.runtime.engines.base import EngineSet, GraphEngine, TensorSpec
 from eamstcn.runtime.manifest import checkpoint_manifest
 
 #: Channels of keys and values in the fake graphs (ModelConfig needs value_dim even).
@@ -65,6 +65,9 @@ class GroundTruthEngines:
     def encoded_frames(self) -> list[int]:
         return [int(tag) for tag in self.encoded]
 
+    def _encode_key_shapes(self) -> dict[str, torch.Tensor]:
+        return {"key": self._key, "f16x": self._f16x, "f8": self._f8, "f4": self._f4}
+
     def _encode_key(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         self.index += 1
         self._f16x.fill_(float(self.index))  # a tag the value encoder reads back
@@ -85,6 +88,10 @@ class GroundTruthEngines:
     def engine_set(self) -> EngineSet:
         graphs = self.manifest.graphs
         specs = {name: entry.with_dtype(torch.float32) for name, entry in graphs.items()}
+        # Concrete key-encoder outputs (the checkpoint manifest leaves f8/f4 channels
+        # symbolic), so binding never has to call the engine to learn them.
+        produced = self._encode_key_shapes()
+        specs["key_encoder"] = (specs["key_encoder"][0], tuple(TensorSpec(n, tuple(t.shape)) for n, t in produced.items()))
         return EngineSet(
             key_encoder=_Engine("key_encoder", specs["key_encoder"], self._encode_key),
             value_encoder=_Engine("value_encoder", specs["value_encoder"], self._encode_value),

@@ -206,6 +206,52 @@ def test_fp16_bank_matches_fp32() -> None:
         torch.testing.assert_close(readouts[torch.float16], readouts[torch.float32], atol=2e-2, rtol=2e-2)
 
 
+def test_commit_stores_only_when_the_device_flag_holds() -> None:
+    bank = make_bank(capacity=3)
+    bank.add(frame_key(0), frame_value(0))
+    no, yes = torch.tensor(False), torch.tensor(True)
+    bank.commit(no, frame_key(1), frame_value(1))
+    assert bank.size == 1 and int(bank.writes) == 1 and not reads_value(bank, 1)
+    assert int(bank._valid[: bank.capacity].sum()) == HW  # the scratch slot is never read
+    bank.commit(yes, frame_key(2), frame_value(2))
+    assert bank.size == 2 and int(bank.writes) == 2 and reads_value(bank, 2) and reads_value(bank, 0)
+    for frame in range(3, 9):  # full: flagged commits evict, unflagged ones change nothing
+        bank.commit(torch.tensor(frame % 2 == 0), frame_key(frame), frame_value(frame))
+    assert bank.size == 3 and int(bank.writes) == 5
+    assert reads_value(bank, 0) and reads_value(bank, 8) and not reads_value(bank, 7)
+
+
+def test_commit_with_a_temporary_slot_keeps_the_frame_there_when_not_stored() -> None:
+    bank = make_bank(capacity=2, temporary_slot=True)
+    bank.add(frame_key(0), frame_value(0))
+    bank.commit(torch.tensor(False), frame_key(1), frame_value(1))
+    assert bank.size == 1 and bank.has_temporary and reads_value(bank, 1)
+    bank.commit(torch.tensor(True), frame_key(2), frame_value(2))
+    assert bank.size == 2 and not bank.has_temporary and reads_value(bank, 2) and not reads_value(bank, 1)
+
+
+def test_commit_refuses_when_every_slot_is_permanent() -> None:
+    bank = make_bank(capacity=2)
+    bank.add(frame_key(0), frame_value(0))
+    bank.add(frame_key(1), frame_value(1), permanent=True)
+    with pytest.raises(RuntimeError, match="permanent"):
+        bank.commit(torch.tensor(False), frame_key(2), frame_value(2))
+
+
+def test_fp16_key_norms_past_256_do_not_vanish() -> None:
+    """|k|^2 = 90,000 > 65504: an fp16 squared norm is inf and the slot scores -inf."""
+    bank = make_bank(torch.float16, capacity=3)
+    for frame in range(3):
+        key = torch.zeros(1, KEY_DIM, H, W, dtype=torch.float16)
+        key[0, frame] = 300.0
+        bank.add(key, frame_value(frame, dtype=torch.float16))
+    query = torch.zeros(1, KEY_DIM, H, W, dtype=torch.float16)
+    query[0, 2] = 300.0
+    readout = bank.read(query)
+    assert torch.isfinite(readout).all()
+    torch.testing.assert_close(readout.float(), frame_value(2), atol=1e-3, rtol=0)
+
+
 def _tensor_count() -> int:
     return sum(1 for obj in gc.get_objects() if type(obj) is torch.Tensor or type(obj) is torch.nn.Parameter)
 

@@ -6,14 +6,20 @@ import pytest
 import torch
 
 from eamstcn.ops import softmax_readout
-from eamstcn.runtime.readout import ReadoutBuffers, dense_readout, topk_readout
+from eamstcn.runtime.readout import ReadoutBuffers, dense_readout, position_weight, topk_readout
+
+
+def _read(keys, values, query, valid, top_k, **kwargs):
+    """(readout, position weight (N,)) through the top-k path."""
+    readout, weights, indices = topk_readout(keys, values, query, valid, top_k, **kwargs)
+    return readout, position_weight(weights, indices, keys.shape[1])
 
 
 def _random_memory(num_memory: int, num_queries: int, seed: int, key_dim: int = 8, objects: int = 2, value_dim: int = 5):
     generator = torch.Generator().manual_seed(seed)
     opts = {"generator": generator, "dtype": torch.float64}
     keys = torch.randn(key_dim, num_memory, **opts)
-    values = torch.randn(objects, value_dim, num_memory, **opts)
+    values = torch.randn(objects, num_memory, value_dim, **opts)  # position-major
     query = torch.randn(key_dim, num_queries, **opts)
     valid = torch.rand(num_memory, generator=generator) > 0.3
     valid[0] = True
@@ -25,36 +31,38 @@ def _random_memory(num_memory: int, num_queries: int, seed: int, key_dim: int = 
 @pytest.mark.parametrize("top_k", [1, 3, 20, 300])
 def test_topk_matches_dense_reference(num_memory: int, num_queries: int, top_k: int) -> None:
     keys, values, query, valid = _random_memory(num_memory, num_queries, seed=num_memory * 1000 + num_queries + top_k)
-    readout, weight = topk_readout(keys, values, query, valid, top_k)
+    readout, weight = _read(keys, values, query, valid, top_k)
     expected_readout, expected_weight = dense_readout(keys, values, query, valid, top_k)
     assert readout.shape == (2, 5, num_queries) and weight.shape == (num_memory,)
-    torch.testing.assert_close(readout, expected_readout)
-    torch.testing.assert_close(weight, expected_weight)
+    # Scores and weights are float32 (the reference is float64 throughout).
+    torch.testing.assert_close(readout, expected_readout, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weight, expected_weight.float(), atol=1e-5, rtol=1e-5)
 
 
 def test_top_k_over_everything_is_the_training_softmax() -> None:
     keys, values, query, _ = _random_memory(40, 9, seed=3)
     valid = torch.ones(40, dtype=torch.bool)
-    readout, _ = topk_readout(keys, values, query, valid, top_k=40)
-    torch.testing.assert_close(readout, softmax_readout(keys[None], values, query[None]))
+    readout, _ = _read(keys, values, query, valid, top_k=40)
+    expected = softmax_readout(keys[None], values.transpose(1, 2), query[None])
+    torch.testing.assert_close(readout, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_preallocated_buffers_and_output_are_used_and_reusable() -> None:
     keys, values, query, valid = _random_memory(30, 6, seed=4)
-    buffers = ReadoutBuffers.allocate(30, 6, 4, dtype=torch.float64)
+    buffers = ReadoutBuffers.allocate(30, 6, 4, key_dim=8, value_dim=5, dtype=torch.float64)
     out = torch.empty(2, 5, 6, dtype=torch.float64)
     sq_norm = keys.pow(2).sum(dim=0)
     for _ in range(2):
-        readout, weight = topk_readout(keys, values, query, valid, 4, key_sq_norm=sq_norm, buffers=buffers, out=out)
+        readout, weights, indices = topk_readout(keys, values, query, valid, 4, key_sq_norm=sq_norm, buffers=buffers, out=out)
         assert readout.data_ptr() == out.data_ptr()
-        assert weight.data_ptr() == buffers.position_weight.data_ptr()
-        torch.testing.assert_close(readout, dense_readout(keys, values, query, valid, 4)[0])
+        assert weights.data_ptr() == buffers.weights.data_ptr() and indices.data_ptr() == buffers.indices.data_ptr()
+        torch.testing.assert_close(readout, dense_readout(keys, values, query, valid, 4)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_buffers_of_another_shape_are_refused() -> None:
     keys, values, query, valid = _random_memory(30, 6, seed=5)
     with pytest.raises(ValueError, match="buffers are for"):
-        topk_readout(keys, values, query, valid, 4, buffers=ReadoutBuffers.allocate(30, 7, 4, dtype=torch.float64))
+        topk_readout(keys, values, query, valid, 4, buffers=ReadoutBuffers.allocate(30, 7, 4, key_dim=8, value_dim=5, dtype=torch.float64))
 
 
 def test_masked_positions_never_contribute_even_when_they_would_win() -> None:
@@ -62,35 +70,35 @@ def test_masked_positions_never_contribute_even_when_they_would_win() -> None:
     valid = torch.ones(20, dtype=torch.bool)
     valid[[2, 7, 11]] = False
     keys[:, [2, 7, 11]] = query[:, [0, 1, 2]] * 1.01  # near-perfect matches: they would win top-k
-    values[:, :, [2, 7, 11]] = 1e6
-    readout, weight = topk_readout(keys, values, query, valid, top_k=4)
+    values[:, [2, 7, 11]] = 1e6
+    readout, weight = _read(keys, values, query, valid, top_k=4)
     assert torch.all(weight[~valid] == 0)
     kept = valid.nonzero().squeeze(1)
-    expected, _ = dense_readout(keys[:, kept], values[:, :, kept], query, torch.ones(len(kept), dtype=torch.bool), 4)
-    torch.testing.assert_close(readout, expected)
+    expected, _ = dense_readout(keys[:, kept], values[:, kept], query, torch.ones(len(kept), dtype=torch.bool), 4)
+    torch.testing.assert_close(readout, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_k_larger_than_valid_count_gives_invalid_positions_zero_weight() -> None:
     keys, values, query, _ = _random_memory(10, 4, seed=7)
     valid = torch.zeros(10, dtype=torch.bool)
     valid[[1, 4]] = True
-    readout, weight = topk_readout(keys, values, query, valid, top_k=8)
+    readout, weight = _read(keys, values, query, valid, top_k=8)
     assert torch.all(weight[~valid] == 0)
-    torch.testing.assert_close(weight.sum(), torch.tensor(4.0, dtype=torch.float64))
+    torch.testing.assert_close(weight.sum(), torch.tensor(4.0))
     assert torch.isfinite(readout).all()
 
 
 def test_nothing_valid_reads_zeros_not_nan() -> None:
     keys, values, query, _ = _random_memory(10, 4, seed=8)
-    readout, weight = topk_readout(keys, values, query, torch.zeros(10, dtype=torch.bool), top_k=3)
+    readout, weight = _read(keys, values, query, torch.zeros(10, dtype=torch.bool), top_k=3)
     assert torch.all(readout == 0) and torch.all(weight == 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_weights_sum_to_one_per_query(dtype: torch.dtype) -> None:
     keys, _, query, valid = (t.to(dtype) if t.is_floating_point() else t for t in _random_memory(50, 11, seed=9))
-    ones = torch.ones(1, 1, 50, dtype=dtype)  # readout of all-one values = sum of the weights
-    readout, weight = topk_readout(keys, ones, query, valid, top_k=20)
+    ones = torch.ones(1, 50, 1, dtype=dtype)  # readout of all-one values = sum of the weights
+    readout, weight = _read(keys, ones, query, valid, top_k=20)
     tolerance = 1e-3 if dtype == torch.float16 else 1e-6
     torch.testing.assert_close(readout.float(), torch.ones(1, 1, 11), atol=tolerance, rtol=0)
     torch.testing.assert_close(weight.float().sum(), torch.tensor(11.0), atol=11 * tolerance, rtol=0)
@@ -104,7 +112,7 @@ def test_fp16_large_keys_stay_finite() -> None:
     keys = 100.0 * keys / keys.norm(dim=0, keepdim=True)
     query = keys[:, torch.randint(0, num_memory, (num_queries,), generator=generator)]
     query = query + 0.5 * torch.randn(key_dim, num_queries, generator=generator)
-    values = torch.randn(3, 16, num_memory, generator=generator)
+    values = torch.randn(3, num_memory, 16, generator=generator)
     valid = torch.ones(num_memory, dtype=torch.bool)
     valid[::7] = False
 
@@ -113,7 +121,7 @@ def test_fp16_large_keys_stay_finite() -> None:
     largest = ((2 * keys.t() @ query - keys.pow(2).sum(0)[:, None]) / math.sqrt(key_dim)).max()
     assert largest > 11.1  # exp(11.1) > 65504: an unshifted fp16 exp would overflow
 
-    readout, weight = topk_readout(keys.half(), values.half(), query.half(), valid, 20)
+    readout, weight = _read(keys.half(), values.half(), query.half(), valid, 20)
     assert torch.isfinite(readout).all() and torch.isfinite(weight).all()
     torch.testing.assert_close(weight.float().sum(), torch.tensor(float(num_queries)), atol=0.05, rtol=0)
     assert torch.all(weight[~valid] == 0)

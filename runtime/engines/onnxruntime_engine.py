@@ -1,9 +1,19 @@
 """The ONNX Runtime backend: one InferenceSession per graph.
 
-CPU: torch tensors go in as ``.numpy()`` views (no copy) and come back through
-``torch.from_numpy`` (no copy). CUDA: I/O binding by device pointer onto torch tensors;
-outputs are preallocated once per object count K and reused, so nothing crosses to the
-host. ``onnxruntime`` is imported inside :func:`open_onnxruntime_engines`.
+The step core binds each graph once per object count K (:meth:`OnnxRuntimeEngine.bind`):
+ONNX Runtime's I/O binding by pointer onto preallocated torch tensors, inputs and
+outputs, the same code on the CPU and on CUDA, so CI runs it. Every frame is then one
+``run_with_iobinding`` with nothing re-bound and nothing allocated for outputs.
+
+Unbound calls (``engine(**inputs)``, for tests and one-off use): on the CPU tensors go in
+as ``.numpy()`` views and come back through ``torch.from_numpy`` (no copies); on CUDA
+they are bound per call onto outputs preallocated per K.
+
+ONNX Runtime's own CUDA graph mode is not used: up to ORT 1.32 its replay ends with a
+``cudaStreamSynchronize`` even when ``disable_synchronize_execution_providers`` is set
+(microsoft/onnxruntime#28686), a host sync per graph per frame. The session captures
+the torch work between the engine calls instead (:mod:`eamstcn.runtime.cuda_graphs`).
+``onnxruntime`` is imported inside :func:`open_onnxruntime_engines`.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from typing import Any
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, normalize_device
+from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, check_inputs, normalize_device
 from eamstcn.runtime.manifest import GraphFile, Manifest
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -44,6 +54,10 @@ def cuda_provider_available() -> bool:
 class OnnxRuntimeEngine(GraphEngine):
     """One graph in an ONNX Runtime session, fed and read as torch tensors on ``device``."""
 
+    #: ORT launches its own kernels and may synchronise inside a run: never inside a
+    #: torch CUDA graph capture.
+    capturable = False
+
     def __init__(
         self,
         graph: str,
@@ -68,6 +82,25 @@ class OnnxRuntimeEngine(GraphEngine):
         if self._binding is None:
             return self._run_cpu(inputs)
         return self._run_cuda(inputs)
+
+    def bind(self, inputs: dict[str, torch.Tensor], num_objects: int) -> OrtBinding:
+        """Bind ``inputs`` (contiguous, on the device, in the graph's dtype) and fresh
+        preallocated outputs for ``num_objects`` once; see :class:`OrtBinding`."""
+        if self._closed or self._session is None:
+            raise EngineError(f"{self.graph} engine is closed")
+        return OrtBinding(self, inputs, num_objects)
+
+    def _run_bound(self, binding: Any) -> None:
+        """One run of an I/O binding, ordered on the torch stream (no host sync)."""
+        if self._closed or self._session is None:
+            raise EngineError(f"{self.graph} engine is closed")
+        if self._stream is None:
+            self._session.run_with_iobinding(binding, self._run_options)
+            return
+        current = torch.cuda.current_stream(self._device)
+        self._stream.wait_stream(current)
+        self._session.run_with_iobinding(binding, self._run_options)
+        current.wait_stream(self._stream)
 
     def _run_cpu(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # .numpy() shares memory with a contiguous CPU tensor: no copy on the way in.
@@ -119,6 +152,46 @@ class OnnxRuntimeEngine(GraphEngine):
         self._session = None
         self._binding = None
         self._outputs.clear()
+
+
+class OrtBinding:
+    """One graph bound to fixed torch tensors for one object count K.
+
+    ``inputs`` are the caller's tensors (kept alive here: ORT holds their addresses);
+    ``outputs`` are allocated here from the manifest's shapes. :meth:`run` executes the
+    graph into them; on CUDA it runs on the engine's stream, ordered after the current
+    torch stream's work and before what follows on it.
+    """
+
+    capturable = False
+
+    def __init__(self, engine: OnnxRuntimeEngine, inputs: dict[str, torch.Tensor], num_objects: int) -> None:
+        import numpy as np  # onnxruntime depends on numpy; only its dtypes are used here
+
+        check_inputs(engine.graph, engine.input_specs, inputs)
+        self._engine = engine
+        self.inputs = dict(inputs)
+        device = engine._device  # noqa: SLF001
+        device_type, device_id = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+        self.outputs = {
+            spec.name: torch.empty(spec.concrete(num_objects), device=device, dtype=spec.dtype) for spec in engine.output_specs
+        }
+        binding = engine._session.io_binding()  # noqa: SLF001
+        for spec in engine.input_specs:
+            tensor = self.inputs[spec.name]
+            expected = spec.concrete(num_objects)
+            if tensor.device != device or tensor.dtype != spec.dtype or tuple(tensor.shape) != expected or not tensor.is_contiguous():
+                raise EngineError(
+                    f"{engine.graph}: bound input {spec.name} must be contiguous {spec.dtype} {expected} on {device}, "
+                    f"got {tensor.dtype} {tuple(tensor.shape)} on {tensor.device}"
+                )
+            binding.bind_input(spec.name, device_type, device_id, _numpy_type(np, spec.dtype), expected, tensor.data_ptr())
+        for name, tensor in self.outputs.items():
+            binding.bind_output(name, device_type, device_id, _numpy_type(np, tensor.dtype), tuple(tensor.shape), tensor.data_ptr())
+        self._binding = binding
+
+    def run(self) -> None:
+        self._engine._run_bound(self._binding)  # noqa: SLF001
 
 
 def _numpy_type(np: Any, dtype: torch.dtype) -> Any:

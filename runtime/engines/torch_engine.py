@@ -20,8 +20,13 @@ class TorchEngine(GraphEngine):
     """One graph as a method of the loaded network (``encode_key``, ``encode_value``, ``decode``).
 
     Inputs are passed positionally in :data:`eamstcn.graph_spec.GRAPH_IO` order; outputs
-    are fresh tensors on the network's device in its dtype.
+    are fresh tensors on the network's device in its dtype. The step core binds it with
+    a :class:`~eamstcn.runtime.engines.binding.CopyBinding` (outputs copied into fixed
+    tensors) and, on CUDA, captures whole steps with it into CUDA graphs: a call is pure
+    stream work with no host sync (``capturable``).
     """
+
+    capturable = True
 
     def __init__(
         self,
