@@ -11,11 +11,16 @@ BACKEND_NAMES = (
     "torch-fp32",
     "torch-fp16",
     "onnxruntime-cpu",
+    "onnxruntime-cpu-int8",
     "onnxruntime-cuda-fp32",
     "onnxruntime-cuda-fp16",
     "tensorrt-fp16",
 )
 BASELINE = "torch-fp32"
+#: Rows compared with another row of the same run as well as with the baseline: the
+#: INT8 engines against the fp32 engines they were quantized from (mask drift over the
+#: whole clip, per-stage speed-ups).
+REFERENCES = {"onnxruntime-cpu-int8": "onnxruntime-cpu"}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from eamstcn.bench.clip import Clip
+from eamstcn.bench.device_memory import device_memory_mb
 from eamstcn.bench.results import BackendResult, StageTiming, percentile
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.base import EngineSet
@@ -38,6 +39,7 @@ class RunRecord:
     memory_frames: int
     peak_host_mb: float
     peak_device_mb: float
+    device_memory_source: str = ""
 
 
 def _host_rss_mb() -> float:
@@ -76,6 +78,7 @@ def run_clip(
     stages: dict[str, list[float]] = {}
     saved = 0
     peak_host = _host_rss_mb()
+    peak_device, device_source = device_memory_mb(device)
 
     session.step(host_frames[0], first_mask)
     _sync(device)
@@ -91,13 +94,16 @@ def run_clip(
         saved += int(stats.saved)
         if index % 8 == 0:
             peak_host = max(peak_host, _host_rss_mb())
+            peak_device = max(peak_device, device_memory_mb(device)[0])
         if progress is not None:
             progress(index + 1, count)
     _sync(device)
     elapsed = time.perf_counter() - start
     peak_host = max(peak_host, _host_rss_mb())
-    peak_device = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return RunRecord(labels, totals, stages, elapsed, saved, session.memory_frames, peak_host, peak_device)
+    # Sampled, not a true peak: a device-wide counter (NVML or cudaMemGetInfo) sees ORT's and
+    # TensorRT's memory, which torch.cuda.max_memory_allocated does not.
+    peak_device = max(peak_device, device_memory_mb(device)[0])
+    return RunRecord(labels, totals, stages, elapsed, saved, session.memory_frames, peak_host, peak_device, device_source)
 
 
 def mask_agreement(labels: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, float]:

@@ -52,7 +52,24 @@ def format_table(header: dict[str, Any], results: list[BackendResult]) -> str:
         else:
             lines.append(f"{row[0].rjust(widths[0])}  {row[1]}")
     lines.append("Stage times are medians over measured frames; value_encoder only on stored frames. IoU: agreement with the torch fp32 path.")
+    lines.extend(reference_lines(results))
     return "\n".join(lines)
+
+
+def reference_lines(results: list[BackendResult]) -> list[str]:
+    """One line per row compared with another row of the run (INT8 against fp32)."""
+    lines = []
+    for result in results:
+        if result.status != "ok" or not result.reference:
+            continue
+        stages = ", ".join(f"{stage} {speedup:.2f}x" for stage, speedup in result.stage_speedups.items()
+                           if stage in ("key_encoder", "decoder", "value_encoder", "memory_read"))
+        lines.append(
+            f"{result.backend} vs {result.reference} (same run): {_number(result.reference_speedup, 2)}x FPS; "
+            f"per stage (median): {stages}; mask IoU over all {result.frames} measured frames: "
+            f"mean {_number(result.reference_iou_mean, 4)}, min {_number(result.reference_iou_min, 4)}"
+        )
+    return lines
 
 
 def write_csv(path: str | Path, results: list[BackendResult]) -> None:

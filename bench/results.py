@@ -60,6 +60,12 @@ class BackendResult:
     speedup: float = float("nan")
     iou_mean: float = float("nan")
     iou_min: float = float("nan")
+    # Against another row of the same run (config.REFERENCES), e.g. INT8 against fp32:
+    reference: str = ""
+    reference_speedup: float = float("nan")
+    reference_iou_mean: float = float("nan")
+    reference_iou_min: float = float("nan")
+    stage_speedups: dict[str, float] = field(default_factory=dict)  # stage -> reference median / this median
 
     @classmethod
     def skipped(cls, backend: str, reason: str) -> "BackendResult":
@@ -67,12 +73,13 @@ class BackendResult:
 
     def flat(self, stage_names: list[str]) -> dict[str, Any]:
         """One CSV/JSON row: scalar columns, then ``<stage>_median_ms`` / ``<stage>_p90_ms``."""
-        row = {key: value for key, value in asdict(self).items() if key != "stages"}
+        row = {key: value for key, value in asdict(self).items() if key not in ("stages", "stage_speedups")}
         for name in stage_names:
             timing = self.stages.get(name)
             row[f"{name}_median_ms"] = timing.median_ms if timing else float("nan")
             row[f"{name}_p90_ms"] = timing.p90_ms if timing else float("nan")
             row[f"{name}_per_frame_ms"] = timing.per_frame_ms if timing else float("nan")
+            row[f"{name}_speedup_vs_reference"] = self.stage_speedups.get(name, float("nan"))
         return row
 
 

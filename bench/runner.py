@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from eamstcn.bench.clip import Clip, footage_clip, generated_clip
-from eamstcn.bench.config import BACKEND_NAMES, BASELINE, BenchConfig
+from eamstcn.bench.config import BACKEND_NAMES, BASELINE, REFERENCES, BenchConfig
 from eamstcn.bench.measure import mask_agreement, run_clip, summarise
 from eamstcn.bench.results import BackendResult
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
@@ -33,6 +33,7 @@ _SPECS: dict[str, tuple[str, str, str]] = {
     "torch-fp32": ("torch", "best", "fp32"),
     "torch-fp16": ("torch", "cuda", "fp16"),
     "onnxruntime-cpu": ("onnxruntime", "cpu", "fp32"),
+    "onnxruntime-cpu-int8": ("onnxruntime", "cpu", "int8"),
     "onnxruntime-cuda-fp32": ("onnxruntime", "cuda", "fp32"),
     "onnxruntime-cuda-fp16": ("onnxruntime", "cuda", "fp16"),
     "tensorrt-fp16": ("tensorrt", "cuda", "fp16"),
@@ -105,12 +106,27 @@ def _unavailable(name: str, device: torch.device, engines_dir: Path | None, chec
 
             if not cuda_provider_available():
                 return "onnxruntime has no CUDA provider (pip install 'eamstcn[gpu]')"
+        if precision == "int8" and "int8" not in _bundle_precisions(engines_dir):
+            return "the bundle has no int8 engines (eamstcn-export --int8)"
         return None
     from eamstcn.runtime.engines.tensorrt_engine import tensorrt_available
 
     if not tensorrt_available():
         return "tensorrt not installed"
     return None
+
+
+def _bundle_precisions(engines_dir: Path) -> set[str]:
+    from eamstcn.runtime.manifest import load_manifest
+
+    return load_manifest(engines_dir).precisions("onnx")
+
+
+def _wants_int8(config: BenchConfig, device: torch.device) -> bool:
+    """Export INT8 engines for the temporary bundle: on a CPU by default, or when named."""
+    if config.backends is not None:
+        return "onnxruntime-cpu-int8" in config.backends
+    return device.type == "cpu"
 
 
 def _open(name: str, device: torch.device, engines_dir: Path | None, checkpoint: Path | None) -> EngineSet:
@@ -141,7 +157,8 @@ def _prepare(config: BenchConfig, device: torch.device, workdir: Path, notify: N
     notify(f"exporting engines at {size[0]}x{size[1]} to a temporary folder")
     engines_dir = workdir / "engines"
     export_bundle(
-        ExportConfig(checkpoint=checkpoint, out=engines_dir, fp16=device.type == "cuda", frame_size=size, max_objects=max(4, config.objects)),
+        ExportConfig(checkpoint=checkpoint, out=engines_dir, fp16=device.type == "cuda", frame_size=size, max_objects=max(4, config.objects),
+                     int8=_wants_int8(config, device)),
         progress=lambda message: notify(f"  export: {message}"),
     )
     return checkpoint, engines_dir, size
@@ -160,6 +177,7 @@ def _measure(
     results: list[BackendResult] = []
     reference = None
     baseline_fps = None
+    records: dict[str, tuple[BackendResult, list]] = {}  # name -> (row, labels), for REFERENCES
     for name in names:
         reason = _unavailable(name, device, engines_dir, checkpoint)
         if reason is not None:
@@ -184,6 +202,9 @@ def _measure(
             result.iou_mean, result.iou_min = mask_agreement(record.labels, reference)
         if baseline_fps:
             result.speedup = result.fps / baseline_fps
+        records[name] = (result, record.labels)
+        if name in REFERENCES and REFERENCES[name] in records:
+            compare_with_reference(result, record.labels, *records[REFERENCES[name]], REFERENCES[name])
         notify(f"{name}: {result.fps:.2f} FPS, median {result.frame_median_ms:.1f} ms/frame")
         results.append(result)
     return results
@@ -205,6 +226,19 @@ def _every(seconds: float, name: str, notify: Notify) -> Callable[[int, int], No
             notify(f"{name}: frame {done}/{total}")
 
     return progress
+
+
+def compare_with_reference(result: BackendResult, labels: list, reference: BackendResult, reference_labels: list, name: str) -> None:
+    """Fill ``result``'s columns against another row of the same run (INT8 against fp32):
+    mask IoU over every measured frame, end-to-end and per-stage speed-ups (medians)."""
+    result.reference = name
+    result.reference_iou_mean, result.reference_iou_min = mask_agreement(labels, reference_labels)
+    result.reference_speedup = result.fps / reference.fps if reference.fps > 0 else float("nan")
+    result.stage_speedups = {
+        stage: reference.stages[stage].median_ms / timing.median_ms
+        for stage, timing in result.stages.items()
+        if stage in reference.stages and timing.median_ms > 0
+    }
 
 
 def _sweeps(config: BenchConfig, names: list[str], device: torch.device, engines_dir: Path | None,
@@ -246,7 +280,9 @@ def run_bench(config: BenchConfig, notify: Notify = lambda m: print(m, file=sys.
     device = _device(config.device)
     count = config.frames_count or (200 if device.type == "cuda" else 40)
     warmup = config.warmup if config.warmup is not None else (20 if device.type == "cuda" else 3)
-    requested = list(config.backends or BACKEND_NAMES)
+    # Table order, whatever order --backends gave: a row compared with another row of the
+    # run (REFERENCES) must come after it.
+    requested = [name for name in BACKEND_NAMES if name in (config.backends or BACKEND_NAMES)]
     if BASELINE not in requested:
         notify(f"note: {BASELINE} not requested: no speed-up or IoU agreement figures")
     with tempfile.TemporaryDirectory(prefix="eamstcn-bench-") as temp:
@@ -258,8 +294,9 @@ def run_bench(config: BenchConfig, notify: Notify = lambda m: print(m, file=sys.
         skipped_cpu = []
         if config.backends is None and device.type == "cuda":
             # The CPU provider at GPU sizes takes minutes and says nothing about the GPU.
-            names = [name for name in requested if name != "onnxruntime-cpu"]
-            skipped_cpu = [BackendResult.skipped("onnxruntime-cpu", "CPU provider left out on a CUDA machine; name it in --backends to run it")]
+            cpu_rows = ("onnxruntime-cpu", "onnxruntime-cpu-int8")
+            names = [name for name in requested if name not in cpu_rows]
+            skipped_cpu = [BackendResult.skipped(name, "CPU provider left out on a CUDA machine; name it in --backends to run it") for name in cpu_rows]
         results = _measure(names, clip, device, engines_dir, checkpoint, memory, save, warmup, notify) + skipped_cpu
         sweeps = {}
         if config.sweep != "none":
@@ -273,4 +310,8 @@ def run_bench(config: BenchConfig, notify: Notify = lambda m: print(m, file=sys.
         "memory": f"capacity {config.memory_frames} frames, {config.save} save, top-20",
         "warmup": f"{warmup} frames (separate pass, excluded)",
     }
+    if device.type == "cuda":
+        from eamstcn.bench.device_memory import device_memory_mb
+
+        header["device memory"] = f"dev MB sampled every 8 frames from {device_memory_mb(device)[1]}"
     return BenchReport(header, results, sweeps)

@@ -21,8 +21,12 @@ import torch
 from eamstcn import ops, sizes
 from eamstcn.checkpoint import CheckpointError, build_model, file_sha256, load_checkpoint
 from eamstcn.export import fp16 as fp16_graphs
+from eamstcn.export.calibration_source import DEFAULT_FRAMES as DEFAULT_CALIBRATION_FRAMES
+from eamstcn.export.calibration_source import CalibrationSource, load_calibration
 from eamstcn.export.destination import staged_bundle
 from eamstcn.export.errors import ExportError
+from eamstcn.export.int8_target import TARGETS as INT8_TARGETS
+from eamstcn.export.int8_target import Int8Recipe, recipe as int8_recipe
 from eamstcn.export.manifest import build_manifest, file_entry, write_manifest
 from eamstcn.export.onnx_export import MIN_OPSET, check, max_opset, object_axes, simplify, to_onnx
 from eamstcn.export.parity import (
@@ -68,6 +72,13 @@ class ExportConfig:
     trt: bool = True
     workspace_gb: float = 2.0
     tolerance: float = FP32_TOLERANCE
+    # INT8 (CPU engines): calibration frames from ``calibration`` (a folder, a video or a
+    # DAVIS dataset; None: generated clips), recipe for ``int8_target`` (see int8_target).
+    int8: bool = False
+    calibration: Path | None = None
+    calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
+    int8_target: str = "auto"
+    int8_min_agreement: float = 0.98  # mean mask IoU INT8 vs fp32 below which graphs stay fp32
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,14 @@ def validate(config: ExportConfig) -> None:
         raise ExportError(f"--workspace must be positive (GiB), got {config.workspace_gb}")
     if not config.tolerance > 0:
         raise ExportError(f"parity tolerance must be positive, got {config.tolerance}")
+    if config.int8_target not in INT8_TARGETS:
+        raise ExportError(f"--int8-target {config.int8_target!r} is unknown: choose one of {', '.join(INT8_TARGETS)}")
+    if config.calibration_frames < 2:
+        raise ExportError(f"--calibration-frames must be at least 2, got {config.calibration_frames}")
+    if not 0.0 <= config.int8_min_agreement <= 1.0:
+        raise ExportError(f"--int8-min-iou must be in [0, 1], got {config.int8_min_agreement}")
+    if not config.int8 and config.calibration is not None:
+        raise ExportError("--calibration is only used with --int8")
 
 
 def _load_model(path: Path) -> EamStcn:
@@ -232,7 +251,32 @@ def _build_plans(
     return version
 
 
-def _build(config: ExportConfig, model: EamStcn, staging: Path, say: Progress) -> tuple[dict[str, Any], list[FileReport], list[str]]:
+def _add_int8(
+    config: ExportConfig, staging: Path, calibration: CalibrationSource, cases: list[ParityCase],
+    graphs: dict[str, dict[str, Any]], reports: list[FileReport], say: Progress,
+) -> dict[str, Any]:
+    """``<graph>.int8.onnx`` for every graph, added to ``graphs`` and ``reports``; returns
+    the manifest's ``int8`` section."""
+    from eamstcn.export.int8_export import export_int8
+
+    recipe: Int8Recipe = int8_recipe(config.int8_target)
+    result = export_int8(staging, config.frame_size, calibration, recipe, cases, say, config.int8_min_agreement)
+    for name, entry in graphs.items():
+        path = result.files[name]
+        entry["files"].append(file_entry(staging, path, "onnx", "int8"))
+        if name in result.fp32_graphs:
+            entry["files"][-1]["note"] = "the fp32 graph: INT8 changed the masks beyond the export's target"
+        entry["parity"]["onnx/int8"] = {
+            **_parity_dict(result.parity[name]),
+            "held_out_vs_fp32_onnx": result.graphs[name].error.to_dict(),
+        }
+        reports.append(FileReport(name, path, "onnx", "int8", entry["files"][-1]["bytes"], result.parity[name]))
+    return result.manifest
+
+
+def _build(
+    config: ExportConfig, model: EamStcn, staging: Path, say: Progress, calibration: CalibrationSource | None = None,
+) -> tuple[dict[str, Any], list[FileReport], list[str]]:
     """Write every file of the bundle into ``staging``; returns the manifest, file reports and notes."""
     notes: list[str] = []
     frame_size = config.frame_size
@@ -269,6 +313,7 @@ def _build(config: ExportConfig, model: EamStcn, staging: Path, say: Progress) -
             "parity": parity,
         }
 
+    int8 = _add_int8(config, staging, calibration, cases, graphs, reports, say) if calibration is not None else None
     trt_version = _build_plans(config, graphs, staging, say, notes, reports) if config.fp16 and config.trt else None
     manifest = build_manifest(
         model_config=model.config.to_dict(),
@@ -281,6 +326,7 @@ def _build(config: ExportConfig, model: EamStcn, staging: Path, say: Progress) -
         checkpoint_sha256=file_sha256(config.checkpoint),
         graphs=graphs,
         tensorrt=trt_version,
+        int8=int8,
     )
     write_manifest(staging, manifest)
     return manifest, reports, notes
@@ -297,8 +343,10 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     started = time.perf_counter()
     validate(config)
     model = _load_model(Path(config.checkpoint))
+    # Read the calibration frames first: a bad --calibration fails before minutes of export.
+    calibration = load_calibration(config.calibration, config.frame_size, config.calibration_frames) if config.int8 else None
     out = Path(config.out).absolute()
     with staged_bundle(out) as staging:
-        manifest, reports, notes = _build(config, model, staging, say)
+        manifest, reports, notes = _build(config, model, staging, say, calibration)
         say(f"installing the bundle at {out}")
     return ExportResult(out=out, manifest=manifest, files=reports, notes=notes, seconds=time.perf_counter() - started)

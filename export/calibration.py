@@ -12,7 +12,9 @@ ranges; instead the fp32 ONNX graphs run the runtime's schedule over each clip:
   value is stored (the first frame stays, the oldest other frame goes when full).
 
 Each graph's inputs are recorded per call as numpy arrays; every ``HOLD_OUT``-th frame
-of a clip is held out of calibration and used to measure parity instead.
+of a clip is held out of calibration and used to measure parity instead. The label map of
+every frame is kept too: running the same clips through INT8 graphs and comparing label
+maps measures what quantization does to the masks (:func:`mask_agreement`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class CalibrationData:
 
     calibration: dict[str, list[Feeds]] = field(default_factory=lambda: {name: [] for name in GRAPHS})
     held_out: dict[str, list[Feeds]] = field(default_factory=lambda: {name: [] for name in GRAPHS})
+    #: The pipeline's label map (Hp, Wp) uint8 (0 background, k object k) on every frame
+    #: t >= 1 of every clip, in order: what the masks of two pipelines are compared on.
+    labels: list[np.ndarray] = field(default_factory=list)
 
     def add(self, graph: str, feeds: Feeds, hold_out: bool) -> None:
         (self.held_out if hold_out else self.calibration)[graph].append(feeds)
@@ -88,26 +93,27 @@ def _others(masks: torch.Tensor) -> torch.Tensor:
 
 
 class _Memory:
-    """Keys (Ck, N) and values (K, Cv, N) of the stored frames; the first one is permanent."""
+    """Keys (Ck, N) and values (K, N, Cv) of the stored frames (the layout of
+    :func:`~eamstcn.runtime.readout.topk_readout`); the first frame is permanent."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.keys: list[torch.Tensor] = []  # (Ck, hw) per frame
-        self.values: list[torch.Tensor] = []  # (K, Cv, hw) per frame
+        self.values: list[torch.Tensor] = []  # (K, hw, Cv) per frame
 
     def add(self, key: torch.Tensor, value: torch.Tensor) -> None:
         if len(self.keys) == self.capacity:
             del self.keys[1], self.values[1]
         self.keys.append(key.flatten(2)[0])
-        self.values.append(value.flatten(2))
+        self.values.append(value.flatten(2).transpose(1, 2))  # position-major (K, hw, Cv)
 
     def read(self, query: torch.Tensor, top_k: int) -> torch.Tensor:
         """query (1, Ck, h, w) -> readout (K, Cv, h, w)."""
         keys = torch.cat(self.keys, dim=1)
-        values = torch.cat(self.values, dim=2)
+        values = torch.cat(self.values, dim=1).contiguous()  # (K, N, Cv)
         valid = torch.ones(keys.shape[1], dtype=torch.bool)
-        readout, _ = topk_readout(keys, values, query.flatten(2)[0], valid, top_k)
-        return readout.reshape(values.shape[0], values.shape[1], *query.shape[-2:]).clone()
+        readout = topk_readout(keys, values, query.flatten(2)[0], valid, top_k)[0]  # (K, Cv, M)
+        return readout.reshape(values.shape[0], values.shape[2], *query.shape[-2:]).clone()
 
 
 def _numpy(tensors: dict[str, torch.Tensor]) -> Feeds:
@@ -138,6 +144,7 @@ def _run_clip(
             logits = torch.from_numpy(runners[DECODER](decoder_feeds)["logits"])
             _, probabilities = ops.soft_aggregate(torch.sigmoid(logits))
             masks = probabilities[1:].contiguous()
+            data.labels.append(probabilities[:, 0].argmax(dim=0).to(torch.uint8).numpy())
         value_feeds = _numpy({"image": image, "masks": masks, "others": _others(masks), "f16x": encoded["f16x"]})
         data.add(VALUE_ENCODER, value_feeds, hold)
         if t == 0 or t % save_every == 0:
@@ -163,3 +170,20 @@ def collect(
     for clip in source.clips:
         _run_clip(clip, runners, frame_size, data, save_every, memory_frames, top_k)
     return data
+
+
+def mask_agreement(labels: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, float]:
+    """(mean, minimum) over frames of the mean per-object IoU of two label-map sequences
+    (an object absent from both maps of a frame counts as agreement)."""
+    scores = []
+    for ours, theirs in zip(labels, reference, strict=True):
+        ids = (set(np.unique(ours).tolist()) | set(np.unique(theirs).tolist())) - {0}
+        per_object = []
+        for object_id in sorted(ids):
+            a, b = ours == object_id, theirs == object_id
+            union = np.logical_or(a, b).sum()
+            per_object.append(1.0 if union == 0 else float(np.logical_and(a, b).sum() / union))
+        scores.append(float(np.mean(per_object)) if per_object else 1.0)
+    if not scores:
+        return float("nan"), float("nan")
+    return float(np.mean(scores)), float(np.min(scores))

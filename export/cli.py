@@ -87,6 +87,18 @@ def export(
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxslim when it shrinks the graph and keeps parity."),
     trt: bool = typer.Option(True, "--trt/--no-trt", help="With --fp16, build TensorRT plans when the tensorrt package imports."),
     workspace: float = typer.Option(2.0, "--workspace", help="TensorRT builder workspace limit in GiB."),
+    int8: bool = typer.Option(False, "--int8", help="Also write INT8 ONNX graphs for CPUs (static QDQ quantization, per-channel weights)."),
+    calibration: Path | None = typer.Option(
+        None, "--calibration",
+        help="INT8 calibration frames: a folder of images, a video or a DAVIS-layout dataset; default: generated clips.",
+    ),
+    calibration_frames: int = typer.Option(24, "--calibration-frames", help="INT8: frames to calibrate on (a quarter is held out to measure parity)."),
+    int8_target: str = typer.Option(
+        "auto", "--int8-target", help="INT8 recipe for this CPU (auto) or another: x86-avx2 (no VNNI: 7-bit weights), x86-vnni, arm."
+    ),
+    int8_min_iou: float = typer.Option(
+        0.98, "--int8-min-iou", help="INT8: keep graphs in fp32 until the masks agree with fp32's at this mean IoU (calibration clips)."
+    ),
 ) -> None:
     started = time.perf_counter()
     try:
@@ -95,6 +107,8 @@ def export(
         config = ExportConfig(
             checkpoint=checkpoint, out=out, fp16=fp16, frame_size=parse_size(size), max_objects=max_objects,
             opset=opset, simplify=simplify, trt=trt, workspace_gb=workspace,
+            int8=int8, calibration=calibration, calibration_frames=calibration_frames, int8_target=int8_target,
+            int8_min_agreement=int8_min_iou,
         )
         result = export_bundle(config, progress=_say(started))
     except ExportError as error:

@@ -19,13 +19,11 @@ exporting (``auto``); ``--int8-target`` names another.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+from eamstcn.runtime.engines.cpu_features import detect_target
 
 TARGETS = ("auto", "x86-avx2", "x86-vnni", "arm")
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-_ARM_DOT_FLAGS = ("asimddp",)
 
 
 @dataclass(frozen=True)
@@ -41,35 +39,6 @@ class Int8Recipe:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on ARM);
-    empty where it cannot be read (other systems)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
-def detect_target(machine: str | None = None, flags: set[str] | None = None) -> tuple[str, str]:
-    """(target, what was found) for this machine: ``x86-vnni``, ``x86-avx2`` or ``arm``."""
-    machine = (machine or platform.machine()).lower()
-    flags = cpu_flags() if flags is None else flags
-    if machine in ("aarch64", "arm64") or machine.startswith("arm"):
-        dot = sorted(flags & set(_ARM_DOT_FLAGS))
-        return "arm", f"{machine}" + (f" with {', '.join(dot)}" if dot else " (no dot-product flag found)")
-    vnni = sorted(flags & set(_VNNI_FLAGS))
-    if vnni:
-        return "x86-vnni", f"{machine} with {', '.join(vnni)}"
-    simd = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "no AVX2 found"
-    return "x86-avx2", f"{machine} with {simd}, no VNNI"
 
 
 def recipe(target: str = "auto", machine: str | None = None, flags: set[str] | None = None) -> Int8Recipe:
@@ -88,12 +57,3 @@ def recipe(target: str = "auto", machine: str | None = None, flags: set[str] | N
         return Int8Recipe(target, "uint8", "int8", False, True,
                           found + "x86 with VNNI: U8S8, full 8-bit weights (VPDPBUSD accumulates in 32 bits)")
     return Int8Recipe(target, "int8", "int8", False, True, found + "ARM: S8S8, full 8-bit weights")
-
-
-def saturation_risk(recipe_dict: dict[str, object], machine: str | None = None, flags: set[str] | None = None) -> str | None:
-    """Why running a bundle quantized with ``recipe_dict`` on this CPU may lose accuracy, or None."""
-    target, found = detect_target(machine, flags)
-    if target == "x86-avx2" and recipe_dict.get("reduce_range") is False and recipe_dict.get("activation_type") == "uint8":
-        return (f"these INT8 engines use full 8-bit weights but this CPU ({found}) may saturate them: "
-                f"re-export with --int8-target x86-avx2")
-    return None

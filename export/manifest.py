@@ -20,7 +20,8 @@ FORMAT_TAG = "eamstcn-engines"
 FORMAT_VERSION = 1
 
 #: precision -> dtype of every input and output of a file with that precision.
-PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16"}
+#: INT8 files are QDQ graphs: weights and activations in 8 bits inside, float32 interface.
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
 
 
 def _version(distribution: str) -> str | None:
@@ -70,9 +71,15 @@ def build_manifest(
     checkpoint_sha256: str,
     graphs: dict[str, dict[str, Any]],
     tensorrt: str | None,
+    int8: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest as a JSON-ready dict; ``graphs[name]`` holds inputs, outputs, files, parity."""
-    return {
+    """The manifest as a JSON-ready dict; ``graphs[name]`` holds inputs, outputs, files, parity.
+
+    ``int8`` (INT8 exports only): the recipe, calibration source, what was kept in fp32
+    and the measured parity (see :mod:`eamstcn.export.int8_export`).
+    """
+    precisions = sorted({entry["precision"] for graph in graphs.values() for entry in graph["files"]})
+    manifest = {
         "format": FORMAT_TAG,
         "version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -85,8 +92,12 @@ def build_manifest(
         "opset": opset,
         "checkpoint": {"file": checkpoint.name, "sha256": checkpoint_sha256},
         "versions": library_versions(tensorrt),
+        "precisions": precisions,
         "graphs": graphs,
     }
+    if int8 is not None:
+        manifest["int8"] = int8
+    return manifest
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:

@@ -34,6 +34,7 @@ class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
     fp16 = "fp16"
+    int8 = "int8"  # ONNX Runtime CPU engines from `eamstcn-export --int8`
 
 
 class SaveMode(str, Enum):
@@ -56,7 +57,7 @@ def segment(
     engines: Annotated[Optional[Path], typer.Option("--engines", help="Engine bundle from eamstcn-export (default ./engines where it exists, else the bundled model).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="best.pth, for the PyTorch path.")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="auto picks tensorrt > onnxruntime > torch.")] = Backend.auto,
-    precision: Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA where available.")] = Precision.auto,
+    precision: Annotated[Precision, typer.Option("--precision", help="auto: fp16 on CUDA where available; int8: CPU engines from eamstcn-export --int8.")] = Precision.auto,
     save: Annotated[SaveMode, typer.Option("--save", help="Memory save rule.")] = SaveMode.adaptive,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Periodic save interval (default 5 fixed, 10 adaptive).")] = None,
     memory_frames: Annotated[int, typer.Option("--memory-frames", help="Memory capacity in frames.")] = 16,

@@ -26,6 +26,7 @@ def evaluate_command(
     size: Annotated[Optional[str], typer.Option("--size", help="HxW frames are resized to (torch backend); default native.")] = None,
     sequences: Annotated[Optional[str], typer.Option("--sequences", help="Comma-separated subset.")] = None,
     backend: Annotated[str, typer.Option("--backend", help="auto, torch, onnxruntime or tensorrt.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, fp16 (CUDA) or int8 (CPU, from eamstcn-export --int8).")] = "auto",
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda; default CUDA if available.")] = None,
     resolution: Annotated[str, typer.Option("--resolution")] = "480p",
 ) -> None:
@@ -48,7 +49,7 @@ def evaluate_command(
         checkpoint = model.path
     try:
         options = EvalOptions(
-            data=data, out=out, checkpoint=checkpoint, engines=engines, backend=backend, device=device,
+            data=data, out=out, checkpoint=checkpoint, engines=engines, backend=backend, precision=precision, device=device,
             memory=MemoryConfig(capacity=memory_frames, top_k=top_k),
             save=SaveConfig(mode=save, save_every=save_every),  # type: ignore[arg-type]
             size=size_option(size, "--size"),

@@ -29,6 +29,7 @@ class EvalOptions:
     checkpoint: Path | None = None
     engines: Path | None = None
     backend: str = "auto"
+    precision: str = "auto"  # auto, fp32, fp16 or int8 (see open_engines)
     device: str | None = None
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
@@ -128,7 +129,7 @@ def evaluate(options: EvalOptions, notify: Callable[[str], None] = print) -> Eva
     missing = [n for n in names if n not in known]
     if missing:
         raise FileNotFoundError(f"sequences not in {options.data}: {', '.join(missing)}")
-    engines = open_engines(options.engines, options.checkpoint, options.backend, options.device, frame_size=options.size)
+    engines = open_engines(options.engines, options.checkpoint, options.backend, options.device, options.precision, frame_size=options.size)
     notify(f"engines: {engines.describe()}")
     runs: list[SequenceRun] = []
     try:

@@ -1,8 +1,13 @@
-"""Pick a backend from what is installed, the device and the bundle, and open its engines.
+"""Pick a backend from what is installed, the device, the bundle and the precision asked
+for, and open its engines.
 
-``auto`` order on CUDA: TensorRT (plans in the bundle and ``tensorrt`` importable) >
-ONNX Runtime with the CUDA provider > the torch path (needs a checkpoint). On the CPU:
-ONNX Runtime if installed, else torch. The EngineSet's ``reason`` says why.
+``auto`` tries, in order, every backend that can give the requested precision, and falls
+back to the next when one cannot open (a TensorRT plan built for another GPU or TensorRT
+version, CUDA libraries that fail to load): on CUDA, TensorRT (plans in the bundle and
+``tensorrt`` importable) > ONNX Runtime with the CUDA provider > the torch path (needs a
+checkpoint) > ONNX Runtime on the CPU; on the CPU, ONNX Runtime, else torch. INT8 engines
+are CPU engines (ONNX Runtime's CPU provider). The EngineSet's ``reason`` says what was
+picked, why, and what was tried first and failed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from eamstcn.runtime.engines.base import EngineError, EngineSet, normalize_devic
 from eamstcn.runtime.manifest import EXPORT_HINT, Manifest, load_manifest
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("auto", "fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -53,7 +58,8 @@ def open_engines(
         checkpoint: best.pth for the torch backend (and ``auto`` when no bundle is given).
         backend: "auto", "torch", "onnxruntime" or "tensorrt".
         device: "cpu", "cuda", "cuda:N" or None (CUDA if available, else CPU).
-        precision: "auto" (fp16 on CUDA where the bundle has it, else fp32), "fp32", "fp16".
+        precision: "auto" (fp16 on CUDA where the bundle has it, else fp32), "fp32",
+            "fp16" (CUDA) or "int8" (ONNX Runtime on the CPU; exported with --int8).
         frame_size: (H, W) for the torch backend without a bundle; None keeps each
             frame's own size.
         verify: "size" (default) or "sha256" to hash every bundle file at open.
@@ -70,12 +76,24 @@ def open_engines(
     manifest = load_manifest(engines_dir, verify) if engines_dir is not None else None
 
     if backend == "auto":
-        backend, reason, dev = _choose(manifest, checkpoint, dev)
-    else:
-        reason = "requested"
+        return _open_auto(manifest, checkpoint, dev, precision, frame_size)
+    return _open(backend, manifest, checkpoint, dev, precision, frame_size, "requested")
+
+
+#: One way to open the engines: (backend, device, precision, why this one).
+Candidate = tuple[str, torch.device, str, str]
+
+
+def _open(
+    backend: str, manifest: Manifest | None, checkpoint: str | Path | None, dev: torch.device, precision: str,
+    frame_size: tuple[int, int] | None, reason: str,
+) -> EngineSet:
+    """Open ``backend`` at ``precision`` ("auto" resolved here); EngineError when it cannot."""
     if backend == "torch":
         if checkpoint is None:
             raise EngineError("the torch backend needs a checkpoint (--checkpoint best.pth)")
+        if precision == "int8":
+            raise EngineError("int8 runs on exported engines: use --backend onnxruntime with a bundle from `eamstcn-export --int8`")
         from eamstcn.runtime.engines.torch_engine import open_torch_engines
 
         chosen = _precision(precision, dev, {"fp32", "fp16"} if dev.type == "cuda" else {"fp32"})
@@ -85,11 +103,31 @@ def open_engines(
     if backend == "onnxruntime":
         from eamstcn.runtime.engines.onnxruntime_engine import open_onnxruntime_engines
 
-        available = manifest.precisions("onnx") if dev.type == "cuda" else {"fp32"}
+        if precision == "int8":
+            if dev.type != "cpu":
+                raise EngineError("int8 engines run on ONNX Runtime's CPU provider: use --device cpu")
+            if "int8" not in manifest.precisions("onnx"):
+                raise EngineError("the engine bundle has no int8 ONNX files: re-export with `eamstcn-export --checkpoint best.pth --int8`")
+            engines = open_onnxruntime_engines(manifest, dev, "int8", reason)
+            _warn_saturation(engines)
+            return engines
+        available = manifest.precisions("onnx") - {"int8"} if dev.type == "cuda" else {"fp32"}
         return open_onnxruntime_engines(manifest, dev, _precision(precision, dev, available), reason)
     from eamstcn.runtime.engines.tensorrt_engine import open_tensorrt_engines
 
+    if precision == "int8":
+        raise EngineError("the bundle's int8 engines are ONNX Runtime CPU engines; TensorRT plans are fp16")
     return open_tensorrt_engines(manifest, dev, _precision(precision, dev, manifest.precisions("tensorrt")), reason)
+
+
+def _warn_saturation(engines: EngineSet) -> None:
+    """A note when INT8 engines quantized for VNNI CPUs run on a CPU without VNNI."""
+    from eamstcn.runtime.engines.cpu_features import int8_saturation_risk
+
+    risk = int8_saturation_risk(engines.manifest.raw.get("int8", {}).get("recipe", {}))
+    if risk:
+        engines.notes.append(risk)
+        engines.reason = f"{engines.reason}; warning: {risk}"
 
 
 def _precision(requested: str, device: torch.device, available: set[str]) -> str:
@@ -101,29 +139,84 @@ def _precision(requested: str, device: torch.device, available: set[str]) -> str
     return "fp32" if "fp32" in available or not available else sorted(available)[0]
 
 
-def _choose(manifest: Manifest | None, checkpoint: str | Path | None, device: torch.device) -> tuple[str, str, torch.device]:
-    """(backend, why, device) for ``auto``."""
+def _candidates(
+    manifest: Manifest | None, checkpoint: str | Path | None, device: torch.device, precision: str
+) -> tuple[list[Candidate], list[str]]:
+    """Backends ``auto`` tries, best first, and why others were not considered."""
     from eamstcn.runtime.engines.onnxruntime_engine import cuda_provider_available
     from eamstcn.runtime.engines.tensorrt_engine import tensorrt_available
 
-    ort_installed = _onnxruntime_installed()
+    cpu = torch.device("cpu")
+    skipped: list[str] = []
     if manifest is None:
-        return "torch", "auto: a checkpoint and no engine bundle", device
+        if precision == "int8":
+            raise EngineError("int8 needs an engine bundle exported with --int8 (pass --engines)")
+        return [("torch", device, precision, "auto: a checkpoint and no engine bundle")], skipped
+    ort_installed = _onnxruntime_installed()
+    onnx_precisions = manifest.precisions("onnx")
+    if precision == "int8":
+        if "int8" not in onnx_precisions:
+            raise EngineError("--precision int8: the engine bundle has no int8 files: re-export with `eamstcn-export --checkpoint best.pth --int8`")
+        if not ort_installed:
+            raise EngineError("--precision int8 needs onnxruntime: pip install 'eamstcn[cpu]'")
+        why = "auto: int8 engines run on ONNX Runtime's CPU provider"
+        return [("onnxruntime", cpu, "int8", why + (" (CUDA left unused)" if device.type == "cuda" else ""))], skipped
+
+    candidates: list[Candidate] = []
     if device.type == "cuda":
-        if manifest.precisions("tensorrt") and tensorrt_available():
-            return "tensorrt", "auto: CUDA, TensorRT plans in the bundle and tensorrt installed", device
-        if cuda_provider_available():
-            return "onnxruntime", "auto: CUDA and onnxruntime with the CUDA provider (no usable TensorRT plans)", device
+        wanted_trt = _precision(precision, device, manifest.precisions("tensorrt"))
+        if wanted_trt not in manifest.precisions("tensorrt"):
+            skipped.append(f"tensorrt: no {wanted_trt} plans in the bundle")
+        elif not tensorrt_available():
+            skipped.append("tensorrt: not installed")
+        else:
+            candidates.append(("tensorrt", device, precision, "auto: CUDA, TensorRT plans in the bundle and tensorrt installed"))
+        wanted_onnx = _precision(precision, device, onnx_precisions - {"int8"})
+        if wanted_onnx not in onnx_precisions:
+            skipped.append(f"onnxruntime CUDA: no {wanted_onnx} ONNX files in the bundle")
+        elif not cuda_provider_available():
+            skipped.append("onnxruntime CUDA: no CUDA provider (pip install 'eamstcn[gpu]')")
+        else:
+            candidates.append(("onnxruntime", device, precision, "auto: CUDA and onnxruntime with the CUDA provider"))
         if checkpoint is not None:
-            return "torch", "auto: CUDA, no TensorRT and no onnxruntime CUDA provider: the PyTorch path", device
-        if ort_installed:
-            return "onnxruntime", "auto: CUDA present but neither TensorRT, onnxruntime-gpu nor a checkpoint: onnxruntime on the CPU", torch.device("cpu")
-        raise EngineError("no usable backend: install onnxruntime-gpu or tensorrt, or pass --checkpoint for the torch path")
+            candidates.append(("torch", device, precision, "auto: CUDA: the PyTorch path"))
+        if ort_installed and precision in ("auto", "fp32"):
+            candidates.append(("onnxruntime", cpu, "fp32", "auto: CUDA present but no GPU backend opened: onnxruntime on the CPU"))
+        if not candidates:
+            raise EngineError("no usable backend: install onnxruntime-gpu or tensorrt, or pass --checkpoint for the torch path")
+        return candidates, skipped
+    if precision == "fp16":
+        raise EngineError("fp16 engines need a CUDA device: on the CPU use --precision fp32 or int8")
     if ort_installed:
-        return "onnxruntime", "auto: CPU and onnxruntime installed", device
+        note = " (the bundle also has int8 engines: --precision int8)" if "int8" in onnx_precisions else ""
+        candidates.append(("onnxruntime", device, "fp32", f"auto: CPU and onnxruntime installed{note}"))
+    elif checkpoint is not None:
+        skipped.append("onnxruntime not installed")
     if checkpoint is not None:
-        return "torch", "auto: CPU, onnxruntime not installed: the PyTorch path", device
-    raise EngineError("backend onnxruntime is not installed: pip install onnxruntime, or pass --checkpoint for the torch path")
+        candidates.append(("torch", device, "fp32", "auto: CPU: the PyTorch path"))
+    if not candidates:
+        raise EngineError("backend onnxruntime is not installed: pip install 'eamstcn[cpu]', or pass --checkpoint for the torch path")
+    return candidates, skipped
+
+
+def _open_auto(
+    manifest: Manifest | None, checkpoint: str | Path | None, device: torch.device, precision: str,
+    frame_size: tuple[int, int] | None,
+) -> EngineSet:
+    """Open the first candidate that opens; the reason names the ones that failed and why."""
+    candidates, skipped = _candidates(manifest, checkpoint, device, precision)
+    failures: list[str] = []
+    for backend, dev, wanted, why in candidates:
+        try:
+            engines = _open(backend, manifest, checkpoint, dev, wanted, frame_size, why)
+        except EngineError as error:
+            failures.append(f"{backend} on {dev.type}: {error}")
+            continue
+        history = skipped + failures
+        if history:
+            engines.reason = f"{engines.reason}; not used: {'; '.join(history)}"
+        return engines
+    raise EngineError("no backend could open these engines: " + "; ".join(failures))
 
 
 def _onnxruntime_installed() -> bool:
