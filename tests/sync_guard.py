@@ -82,6 +82,7 @@ class AllocationCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[str] = Counter()
+        self.seen = 0  # ops dispatched outside paused regions (proves the mode was active)
         self._paused = 0
 
     @contextmanager
@@ -94,6 +95,7 @@ class AllocationCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         if not self._paused:
+            self.seen += 1
             for ret in func._schema.returns:
                 if _is_tensor_type(ret.type) and ret.alias_info is None:
                     self.counts[str(func)] += 1
