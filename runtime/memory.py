@@ -13,6 +13,8 @@ without looking: whether anything was written, and how many frames it made perma
 from __future__ import annotations
 
 import math
+import os
+from typing import Any
 
 import torch
 
@@ -110,6 +112,7 @@ class MemoryBank:
         # is then "the last frame"), else to the scratch slot.
         self._fallback = torch.tensor([capacity if config.temporary_slot else total - 1], **int64)
         self._device = self._keys.device
+        self._fused = self._fused_read(config, key_dim, value_dim, self._read_slots * hw)
 
         self._num_objects = num_objects
         self._num_permanent = 0
@@ -272,23 +275,57 @@ class MemoryBank:
         elif tuple(out.shape) != (k, self._value_dim, self._height, self._width) or out.dtype != self._dtype:
             raise ValueError(f"out must be {self._dtype} of shape {(k, self._value_dim, self._height, self._width)}")
         slots, work = self._read_slots, self._work
-        weights, indices = topk_weights(
-            self._keys[:, :slots].reshape(self._key_dim, slots * hw),
-            self._key_sq_norm[:slots].view(slots * hw),
-            self._valid[:slots].view(slots * hw),
-            query_key.view(self._key_dim, hw),
-            work,
-        )
-        gather_readout(
-            self._values[:k, :slots].view(k, slots * hw, self._value_dim), weights, indices, out.view(k, self._value_dim, hw), work
-        )
+        keys = self._keys[:, :slots].reshape(self._key_dim, slots * hw)
+        sq_norm = self._key_sq_norm[:slots].view(slots * hw)
+        valid = self._valid[:slots].view(slots * hw)
+        query = query_key.view(self._key_dim, hw)
+        values = self._values[:k, :slots].view(k, slots * hw, self._value_dim)
+        if self._fused is not None:
+            if query.dtype != torch.float32:
+                query = work.query.copy_(query)
+            torch.where(valid, sq_norm, work.masked, out=work.bias)
+            self._fused(keys, work.bias, query, values, out.view(k, self._value_dim, hw), work.weights, work.indices)
+            weights, indices = work.weights, work.indices
+        else:
+            weights, indices = topk_weights(keys, sq_norm, valid, query, work)
+            gather_readout(values, weights, indices, out.view(k, self._value_dim, hw), work)
         if self.config.eviction == "usage":
             slot_mass(indices, weights, hw, self._slot_of, self._slot_mass)
             self._usage[:slots].add_(self._slot_mass)
             self._reads.add_(1.0)  # slots not yet valid are reset when written
         return out
 
+    @property
+    def read_kernel(self) -> str:
+        """"triton" when reads run the fused kernel, else "torch"."""
+        return "torch" if self._fused is None else "triton"
+
     # ------------------------------------------------------------------ internals
+    def _fused_read(self, config: MemoryConfig, key_dim: int, value_dim: int, num_memory: int) -> Any:
+        """The fused Triton read when config, device and shapes allow it, else None.
+
+        Triton's interpreter (TRITON_INTERPRET=1) runs it on the CPU, for tests only."""
+        if config.read_kernel == "torch":
+            return None
+        interpreted = config.read_kernel == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+        runs_here = self._device.type == "cuda" or interpreted
+        problem = None
+        if not runs_here:
+            problem = "needs a CUDA device"
+        else:
+            try:
+                from eamstcn.runtime.readout_triton import FusedTopkRead
+            except ImportError as error:
+                problem = f"needs triton ({error})"
+            else:
+                if not FusedTopkRead.supports(key_dim, value_dim, config.top_k) or num_memory < config.top_k:
+                    problem = f"does not take key_dim {key_dim}, value_dim {value_dim}, top_k {config.top_k}"
+        if problem is None:
+            return FusedTopkRead(key_dim, value_dim, config.top_k, keys_fp16=self._dtype == torch.float16)
+        if config.read_kernel == "triton":
+            raise ValueError(f"read_kernel 'triton' {problem}")
+        return None
+
     def _store(self, flag: torch.Tensor, key: torch.Tensor, value: torch.Tensor, permanent: bool) -> None:
         """Write to a free slot, else to the victim, if ``flag``; else to the fallback slot.
         Every op runs whatever the flag: the device picks the target."""
