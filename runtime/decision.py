@@ -4,8 +4,8 @@ The save rule decides on the device at frame t; the store of frame t runs at the
 frame t+1 (the session keeps frame t's buffers until then). To skip the value encoder
 when the answer is "no", the host looks at a host copy of the decision:
 
-- CUDA: the decision is copied into pinned memory by a non-blocking copy (captured with
-  the rest of the frame) and an event is recorded after it. :meth:`peek` answers only if
+- CUDA: after the frame's work is enqueued, the decision is copied into pinned memory by
+  a non-blocking copy (outside any CUDA graph) and an event is recorded after it. :meth:`peek` answers only if
   the event has completed (``event.query()``, which never blocks); otherwise it answers
   ``None`` and the session runs the store anyway, masked by the device flag, so what is
   stored is exact either way: an unknown answer costs a value-encoder run, never a sync.
@@ -39,13 +39,13 @@ class DecisionMirror:
             self._view = decision.numpy()  # shares memory: reads see every later write
 
     def publish(self) -> None:
-        """Start the copy of the decision to the host (device work; graph-capturable)."""
+        """Start the copy of the decision to the host (async; no wait)."""
         if self._cuda:
             assert self._source is not None
             self._host[0].copy_(self._source, non_blocking=True)
 
     def record(self) -> None:
-        """After the work that publishes has been enqueued (outside graphs): mark it."""
+        """After :meth:`publish`: mark the point the host copy is complete at."""
         if self._cuda:
             self._event.record(torch.cuda.current_stream())
             self._recorded = True

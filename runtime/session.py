@@ -245,6 +245,8 @@ class Session:
         assert core is not None
         core.set_source(frame, staged=self.cuda_graphs)
         output = core.run_frame(self.num_objects, frame_size, self.timer, self._graphs())
+        # Outside any graph: an async copy of the decision to pinned memory, and an event.
+        core.mirror.publish()
         core.mirror.record()
         self._state.pending = not is_last
         self._state.output_size = frame_size

@@ -12,7 +12,7 @@ Steady frames run two phases (:mod:`eamstcn.runtime.phases`):
   encoder on frame t-1's image, f16x and probabilities, still in their buffers, then
   ``MemoryBank.commit`` with the save rule's device decision of frame t-1;
 - ``frame``: normalise, key encoder, memory read, decoder, aggregation, the save rule's
-  decision (published to the host without waiting), output at the frame's size.
+  decision (left on the device), output at the frame's size.
 
 First and annotated frames (rare, may sync and allocate) have their own methods.
 Which user ids the objects have, input checks and the schedule live in the session.
@@ -102,7 +102,6 @@ class ObjectParts:
     def _decide(self) -> None:
         core = self._core
         core.policy.decide(core.pre.image32[0], self.aggregator.object_probs)
-        core.mirror.publish()
 
 
 class StepCore:

@@ -183,6 +183,46 @@ def test_each_graph_matches_torch(runtime_assets: RuntimeAssets, num_objects: in
                 torch.testing.assert_close(actual[output], tensor, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_bound_engines_run_into_fixed_outputs(runtime_assets: RuntimeAssets, backend: str) -> None:
+    """ORT binds natively (I/O binding, on the CPU too); torch gets a CopyBinding."""
+    from eamstcn.runtime.engines.binding import CopyBinding, bind
+    from eamstcn.runtime.engines.onnxruntime_engine import OrtBinding
+
+    with open_engines(runtime_assets.engines, runtime_assets.checkpoint, backend=backend) as engines:
+        inputs = _graph_inputs(engines, 2)
+        for name in graph_spec.GRAPHS:
+            engine = getattr(engines, name)
+            fixed = {key: value.clone().contiguous() for key, value in inputs[name].items()}
+            bound = bind(engine, fixed, 1 if name == graph_spec.KEY_ENCODER else 2)
+            assert isinstance(bound, OrtBinding if backend == "onnxruntime" else CopyBinding)
+            assert bound.capturable == (backend == "torch")
+            pointers = {key: tensor.data_ptr() for key, tensor in bound.outputs.items()}
+            for scale in (1.0, 0.5):  # inputs changed in place: the next run sees them
+                for tensor in fixed.values():
+                    tensor.mul_(scale)
+                bound.run()
+                expected = engine(**{key: value.clone() for key, value in fixed.items()})
+                for key, tensor in bound.outputs.items():
+                    torch.testing.assert_close(tensor, expected[key], rtol=1e-5, atol=1e-5)
+            assert {key: tensor.data_ptr() for key, tensor in bound.outputs.items()} == pointers
+
+
+def test_onnxruntime_binding_checks_its_inputs(runtime_assets: RuntimeAssets) -> None:
+    from eamstcn.runtime.engines.binding import bind
+
+    with open_engines(runtime_assets.engines, backend="onnxruntime") as engines:
+        height, width = engines.manifest.padded_size
+        with pytest.raises(EngineError, match="bound input image"):
+            bind(engines.key_encoder, {"image": torch.zeros(1, 3, height, width + 16)}, 1)
+        with pytest.raises(EngineError, match="takes inputs"):
+            bind(engines.key_encoder, {"picture": torch.zeros(1, 3, height, width)}, 1)
+        bound = bind(engines.key_encoder, {"image": torch.zeros(1, 3, height, width)}, 1)
+        engines.key_encoder.close()
+        with pytest.raises(EngineError, match="closed"):
+            bound.run()
+
+
 def test_torch_and_onnxruntime_give_the_same_masks_over_a_clip(runtime_assets: RuntimeAssets) -> None:
     from eamstcn.data.synth import generate_sequence
 
