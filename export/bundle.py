@@ -35,6 +35,7 @@ from eamstcn.export.parity import (
     TRACE_OBJECTS,
     ErrorStats,
     ParityCase,
+    fp16_provider,
     make_case,
     measure,
     trace_inputs,
@@ -211,9 +212,10 @@ def _export_fp16(name: str, cases: list[ParityCase], staging: Path, say: Progres
     if clipped:
         notes.append(f"{name}: {clipped} weight values exceed the FP16 range and were clipped to +-65504")
     _checked(path)
-    say(f"{name}: FP16 parity (ONNX Runtime CPU vs PyTorch fp32)")
+    provider = fp16_provider()  # fp16 runs on CUDA: measure it there when this machine can
+    say(f"{name}: FP16 parity (ONNX Runtime {provider} vs PyTorch fp32)")
     try:
-        stats = measure(path, name, cases, dtype=np.float16)
+        stats = measure(path, name, cases, dtype=np.float16, provider=provider)
     except Exception as error:  # ORT builds without some fp16 CPU kernels: not an export failure
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         notes.append(f"{name}: FP16 parity {NOT_MEASURED} ({reason})")
@@ -301,7 +303,7 @@ def _build(
         if config.fp16:
             stats16 = _export_fp16(name, cases, staging, say, notes)
             files.append(file_entry(staging, f"{name}.fp16.onnx", "onnx", "fp16"))
-            parity["onnx/fp16"] = _parity_dict(stats16) if isinstance(stats16, dict) else stats16
+            parity["onnx/fp16"] = {**_parity_dict(stats16), "provider": fp16_provider()} if isinstance(stats16, dict) else stats16
             reports.append(FileReport(name, f"{name}.fp16.onnx", "onnx", "fp16", files[-1]["bytes"],
                                       stats16 if isinstance(stats16, dict) else None))
         inputs = {key: _manifest_shape(key, value) for key, value in trace_case.inputs[name].items()}

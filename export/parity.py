@@ -133,15 +133,35 @@ def make_cases(model: EamStcn, frame_size: tuple[int, int], objects: tuple[int, 
     return [make_case(model, frame_size, count) for count in objects]
 
 
-def onnx_session(path: str | Path):  # -> onnxruntime.InferenceSession
-    """A CPU ONNX Runtime session (imported here: only export and runtime backends need it)."""
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def fp16_provider() -> str:
+    """Where fp16 graphs run for users: ONNX Runtime's CUDA provider when this machine has
+    CUDA and onnxruntime-gpu, else the CPU provider (which lacks many fp16 kernels and
+    inserts casts, so its numbers describe the CPU, not the GPU)."""
+    import onnxruntime as ort
+
+    if torch.cuda.is_available() and CUDA_PROVIDER in ort.get_available_providers():
+        return CUDA_PROVIDER
+    return CPU_PROVIDER
+
+
+def onnx_session(path: str | Path, provider: str = CPU_PROVIDER):  # -> onnxruntime.InferenceSession
+    """An ONNX Runtime session on ``provider`` (imported here: only export and runtime
+    backends need onnxruntime). Raises RuntimeError when a CUDA session falls back to the CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the fp16 graphs make ORT CPU print cast-insertion warnings
     # One-shot measurements, often on shared CPUs: spinning worker threads only steal time.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    providers = [provider] if provider == CPU_PROVIDER else [provider, CPU_PROVIDER]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if provider not in session.get_providers():
+        raise RuntimeError(f"{provider} did not load for {Path(path).name}")
+    return session
 
 
 def run_onnx(session, inputs: Mapping[str, torch.Tensor], dtype: type = np.float32) -> dict[str, np.ndarray]:
@@ -151,13 +171,15 @@ def run_onnx(session, inputs: Mapping[str, torch.Tensor], dtype: type = np.float
     return dict(zip(names, session.run(names, feeds)))
 
 
-def measure(path: str | Path, graph: str, cases: list[ParityCase], dtype: type = np.float32) -> dict[str, ErrorStats]:
+def measure(
+    path: str | Path, graph: str, cases: list[ParityCase], dtype: type = np.float32, provider: str = CPU_PROVIDER,
+) -> dict[str, ErrorStats]:
     """Worst error of the ONNX file ``path`` (graph ``graph``) against PyTorch, per case label.
 
     ``dtype`` is what the file takes and returns (np.float16 for fp16 files); the reference
     is always the fp32 PyTorch output, so fp16 errors include the precision loss.
     """
-    session = onnx_session(path)
+    session = onnx_session(path, provider)
     results: dict[str, ErrorStats] = {}
     for case in cases:
         outputs = run_onnx(session, case.inputs[graph], dtype)

@@ -12,6 +12,8 @@ picked, why, and what was tried first and failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -109,10 +111,10 @@ def _open(
             if "int8" not in manifest.precisions("onnx"):
                 raise EngineError("the engine bundle has no int8 ONNX files: re-export with `eamstcn-export --checkpoint best.pth --int8`")
             engines = open_onnxruntime_engines(manifest, dev, "int8", reason)
-            _warn_saturation(engines)
-            return engines
+            return _warn(engines, duplicate_installs() + _saturation(engines))
         available = manifest.precisions("onnx") - {"int8"} if dev.type == "cuda" else {"fp32"}
-        return open_onnxruntime_engines(manifest, dev, _precision(precision, dev, available), reason)
+        engines = open_onnxruntime_engines(manifest, dev, _precision(precision, dev, available), reason)
+        return _warn(engines, duplicate_installs())
     from eamstcn.runtime.engines.tensorrt_engine import open_tensorrt_engines
 
     if precision == "int8":
@@ -120,14 +122,43 @@ def _open(
     return open_tensorrt_engines(manifest, dev, _precision(precision, dev, manifest.precisions("tensorrt")), reason)
 
 
-def _warn_saturation(engines: EngineSet) -> None:
-    """A note when INT8 engines quantized for VNNI CPUs run on a CPU without VNNI."""
+#: Distributions that install the same module: only one of each pair may be installed.
+EXCLUSIVE = (("onnxruntime", "onnxruntime-gpu"), ("opencv-python", "opencv-python-headless"))
+
+
+def duplicate_installs(installed: Callable[[str], bool] | None = None) -> list[str]:
+    """One line per pair of :data:`EXCLUSIVE` distributions installed together (the module
+    is whichever pip wrote last, e.g. onnxruntime without its CUDA provider)."""
+    def present(name: str) -> bool:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return False
+        return True
+
+    installed = installed or present
+    return [
+        f"{first} and {second} are both installed and share one module: pip uninstall both, then install one "
+        f"(eamstcn[cpu]/[gpu], [headless]/[gui])"
+        for first, second in EXCLUSIVE
+        if installed(first) and installed(second)
+    ]
+
+
+def _saturation(engines: EngineSet) -> list[str]:
+    """A warning when INT8 engines quantized for VNNI CPUs run on a CPU without VNNI."""
     from eamstcn.runtime.engines.cpu_features import int8_saturation_risk
 
     risk = int8_saturation_risk(engines.manifest.raw.get("int8", {}).get("recipe", {}))
-    if risk:
-        engines.notes.append(risk)
-        engines.reason = f"{engines.reason}; warning: {risk}"
+    return [risk] if risk else []
+
+
+def _warn(engines: EngineSet, warnings: list[str]) -> EngineSet:
+    """Add ``warnings`` to the engines' notes and to the reason line users see."""
+    engines.notes.extend(warnings)
+    for line in warnings:
+        engines.reason = f"{engines.reason}; warning: {line}"
+    return engines
 
 
 def _precision(requested: str, device: torch.device, available: set[str]) -> str:
@@ -183,7 +214,10 @@ def _candidates(
         if ort_installed and precision in ("auto", "fp32"):
             candidates.append(("onnxruntime", cpu, "fp32", "auto: CUDA present but no GPU backend opened: onnxruntime on the CPU"))
         if not candidates:
-            raise EngineError("no usable backend: install onnxruntime-gpu or tensorrt, or pass --checkpoint for the torch path")
+            raise EngineError(
+                f"no usable backend for precision {precision} ({'; '.join(skipped)}): install onnxruntime-gpu or tensorrt, "
+                "re-export the bundle, or pass --checkpoint for the torch path"
+            )
         return candidates, skipped
     if precision == "fp16":
         raise EngineError("fp16 engines need a CUDA device: on the CPU use --precision fp32 or int8")

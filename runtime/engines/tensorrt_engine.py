@@ -7,6 +7,7 @@ Not exercised in CI (TensorRT cannot be installed there): its tests skip without
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,17 +20,56 @@ from eamstcn.runtime.manifest import Manifest
 def import_tensorrt() -> Any:
     try:
         import tensorrt
-    except ImportError as error:
-        raise EngineError(f"backend tensorrt is not installed ({error}): install TensorRT 10 for this CUDA, or use --backend onnxruntime") from None
+    except Exception as error:  # ImportError, or OSError when libnvinfer/CUDA fail to load
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EngineError(f"backend tensorrt is not installed ({reason}): install TensorRT 10 for this CUDA, or use --backend onnxruntime") from None
     return tensorrt
 
 
 def tensorrt_available() -> bool:
     try:
         import tensorrt  # noqa: F401
-    except ImportError:
+    except Exception:  # ImportError, or a broken install whose libraries fail to load
         return False
     return True
+
+
+def _trt_dtype_name(dtype: Any) -> str:
+    """``trt.DataType.HALF`` -> "HALF" (works for the real enum and for test fakes)."""
+    return str(getattr(dtype, "name", dtype)).split(".")[-1].upper()
+
+
+#: torch dtype -> TensorRT DataType name.
+TRT_DTYPES = {torch.float32: "FLOAT", torch.float16: "HALF"}
+
+
+def check_plan(engine: Any, inputs: Iterable[TensorSpec], outputs: Iterable[TensorSpec], path: str) -> None:
+    """Raise :class:`EngineError` when a deserialised plan's tensors do not match the manifest.
+
+    Checked per tensor: present, input or output as the manifest says, the dtype of the
+    bundle's precision (a plan built from the wrong ONNX file would otherwise read fp16
+    memory as fp32), and the shape: fixed dimensions equal, the object axis ``K``
+    dynamic (-1) in the plan or fixed at a value within the manifest's object range.
+    ``engine`` is an ``ICudaEngine`` (or anything with its ``get_tensor_*`` methods).
+    """
+    names = {engine.get_tensor_name(index) for index in range(engine.num_io_tensors)}
+    specs = [(spec, True) for spec in inputs] + [(spec, False) for spec in outputs]
+    expected = {spec.name for spec, _ in specs}
+    if names != expected:
+        raise EngineError(f"{path} has tensors {sorted(names)}; expected {sorted(expected)}")
+    for spec, is_input in specs:
+        mode = _trt_dtype_name(engine.get_tensor_mode(spec.name))
+        if (mode == "INPUT") != is_input:
+            raise EngineError(f"{path}: {spec.name} is an {mode.lower()} of the plan; the manifest lists it as an {'input' if is_input else 'output'}")
+        found = _trt_dtype_name(engine.get_tensor_dtype(spec.name))
+        wanted = TRT_DTYPES.get(spec.dtype)
+        if found != wanted:
+            raise EngineError(f"{path}: {spec.name} is {found} in the plan but the manifest says {spec.dtype}; re-export the bundle")
+        shape = tuple(int(dim) for dim in engine.get_tensor_shape(spec.name))
+        if len(shape) != len(spec.shape) or any(
+            (dim != "K" and plan_dim != dim) or (dim == "K" and plan_dim == 0) for plan_dim, dim in zip(shape, spec.shape)
+        ):
+            raise EngineError(f"{path}: {spec.name} has shape {list(shape)} in the plan; the manifest says {list(spec.shape)}")
 
 
 class TensorRTEngine(GraphEngine):
@@ -62,6 +102,12 @@ class TensorRTEngine(GraphEngine):
 
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         self._begin_call(inputs)
+        # The plan, its context and its memory belong to self._device; under another
+        # current device the enqueue would go to the wrong context.
+        with torch.cuda.device(self._device):
+            return self._run(inputs)
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         num_objects = next((t.shape[0] for n, t in inputs.items() if n in graph_spec.OBJECT_AXIS_TENSORS), 1)
         low, high = self.object_range
         if not low <= num_objects <= high:
@@ -78,6 +124,7 @@ class TensorRTEngine(GraphEngine):
             self._context.set_tensor_address(spec.name, tensor.data_ptr())
         outputs = self._outputs.get(num_objects)
         if outputs is None:
+            self._check_output_shapes(num_objects)
             outputs = {s.name: torch.empty(s.concrete(num_objects), device=self._device, dtype=s.dtype) for s in self._output_specs}
             self._outputs[num_objects] = outputs
         for name, tensor in outputs.items():
@@ -89,6 +136,18 @@ class TensorRTEngine(GraphEngine):
         # the plan has read them; dropping our references here is safe.
         del kept
         return dict(outputs)
+
+    def _check_output_shapes(self, num_objects: int) -> None:
+        """Once per K: the shapes TensorRT infers for the outputs are the manifest's (host
+        calls only, no device sync). Our buffers are sized from the manifest; a plan that
+        wrote a larger output would overrun them."""
+        for spec in self._output_specs:
+            inferred = tuple(int(dim) for dim in self._context.get_tensor_shape(spec.name))
+            if inferred != spec.concrete(num_objects):
+                raise EngineError(
+                    f"{self.graph}: TensorRT infers {spec.name} {list(inferred)} at K={num_objects}; "
+                    f"the manifest says {list(spec.concrete(num_objects))}: re-export the bundle"
+                )
 
     def close(self) -> None:
         super().close()
@@ -118,10 +177,7 @@ def open_tensorrt_engines(manifest: Manifest, device: torch.device, precision: s
             if engine is None:
                 raise EngineError(f"TensorRT cannot load {plan_file.path}: plans are tied to the GPU and TensorRT version that built them; re-export here")
             inputs, outputs = entry.with_dtype(plan_file.dtype)
-            names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-            expected = {spec.name for spec in inputs + outputs}
-            if names != expected:
-                raise EngineError(f"{plan_file.path} has tensors {sorted(names)}; expected {sorted(expected)}")
+            check_plan(engine, inputs, outputs, str(plan_file.path))
             engines[name] = TensorRTEngine(name, engine, device, inputs, outputs)
     return EngineSet(
         key_encoder=engines[graph_spec.KEY_ENCODER],
