@@ -117,6 +117,12 @@ class MemoryBank:
         self._num_objects = num_objects
         self._num_permanent = 0
         self._written = False
+        # Regular slots possibly filled, known on the host without looking: every store
+        # that ran counts (a store the device decided against makes it an overestimate).
+        self._fill_bound = 0
+        #: Read every slot, filled or not (CUDA graphs need the same shapes every frame);
+        #: when False, reads skip the slots no store has reached yet.
+        self.fixed_read_shape = False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -189,6 +195,7 @@ class MemoryBank:
         self._num_objects = num_objects
         self._num_permanent = 0
         self._written = False
+        self._fill_bound = 0
 
     def add_objects(self, count: int) -> int:
         """Track ``count`` more objects from now on; returns the new number of objects.
@@ -274,7 +281,7 @@ class MemoryBank:
             out = self._readout[:k].view(k, self._value_dim, self._height, self._width)
         elif tuple(out.shape) != (k, self._value_dim, self._height, self._width) or out.dtype != self._dtype:
             raise ValueError(f"out must be {self._dtype} of shape {(k, self._value_dim, self._height, self._width)}")
-        slots, work = self._read_slots, self._work
+        slots, work = self._slots_to_read(), self._work
         keys = self._keys[:, :slots].reshape(self._key_dim, slots * hw)
         sq_norm = self._key_sq_norm[:slots].view(slots * hw)
         valid = self._valid[:slots].view(slots * hw)
@@ -291,9 +298,19 @@ class MemoryBank:
             gather_readout(values, weights, indices, out.view(k, self._value_dim, hw), work)
         if self.config.eviction == "usage":
             slot_mass(indices, weights, hw, self._slot_of, self._slot_mass)
-            self._usage[:slots].add_(self._slot_mass)
+            self._usage[: self._read_slots].add_(self._slot_mass)
             self._reads.add_(1.0)  # slots not yet valid are reset when written
         return out
+
+    def _slots_to_read(self) -> int:
+        """All slots, or the front that stores have reached (never fewer than top_k
+        positions, and all of them with a temporary slot, which sits after the others)."""
+        if self.fixed_read_shape or self.config.temporary_slot:
+            return self._read_slots
+        filled = max(1, min(self._fill_bound, self.capacity))
+        if filled * self._height * self._width < self.config.top_k:
+            return self._read_slots
+        return filled
 
     @property
     def read_kernel(self) -> str:
@@ -344,6 +361,7 @@ class MemoryBank:
         torch.logical_and(flag, self._has_room, out=self._grows)
         self._size.add_(self._grows)
         self._written = True
+        self._fill_bound += 1
 
     def _write(self, index: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """Key, its squared norm (float32) and the values into slot ``index`` (1,) int64."""

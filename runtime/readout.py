@@ -110,22 +110,27 @@ def topk_weights(
         key_sq_norm: (N,) float32 |k_i|^2.
         valid: (N,) bool.
         query_key: (Ck, M), any float dtype (copied to float32 when it is not).
-        buffers: :class:`ReadoutBuffers` of this (M, N, k).
+        buffers: :class:`ReadoutBuffers` of this (M, k) and at least N memory positions
+            (a read of fewer positions uses the front of its buffers).
     Returns:
         ``(weights (M, k) float32, indices (M, k) int64)``: views of ``buffers``,
         overwritten by the next call. Weights are sorted, largest first.
     """
-    key_dim = memory_keys.shape[0]
+    key_dim, num_memory = memory_keys.shape
+    num_queries = buffers.affinity.shape[0]
     if query_key.dtype != torch.float32:
         query_key = buffers.query.copy_(query_key)
+    # Contiguous fronts of the buffers when fewer positions than their size are read.
+    affinity = buffers.affinity.view(-1)[: num_queries * num_memory].view(num_queries, num_memory)
+    bias = buffers.bias[:num_memory]
     # A masked bias of +inf turns S into -inf inside the addmm: masking costs no extra
     # pass over (M, N). The affinity is built transposed so top-k runs along the
     # contiguous axis (about twice as fast as along the memory axis, see GPU.md).
-    torch.where(valid, key_sq_norm, buffers.masked, out=buffers.bias)
+    torch.where(valid, key_sq_norm, buffers.masked, out=bias)
     scale = 1.0 / math.sqrt(key_dim)
-    torch.addmm(buffers.bias, query_key.t(), memory_keys, beta=-scale, alpha=2.0 * scale, out=buffers.affinity)
+    torch.addmm(bias, query_key.t(), memory_keys, beta=-scale, alpha=2.0 * scale, out=affinity)
     values, indices = buffers.weights, buffers.indices
-    torch.topk(buffers.affinity, values.shape[1], dim=1, largest=True, sorted=True, out=(values, indices))
+    torch.topk(affinity, values.shape[1], dim=1, largest=True, sorted=True, out=(values, indices))
 
     # Softmax over the k kept values with explicit max subtraction (the unshifted exp
     # overflows). Sorted top-k puts the row maximum in column 0. Clamping it keeps a row

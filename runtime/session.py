@@ -291,6 +291,8 @@ class Session:
         size = self.frame_size or (int(frame.shape[0]), int(frame.shape[1]))
         if self._core is None or self._core.geometry.size != size:
             self._core = StepCore(self.engines, Geometry.for_size(*size), self.memory_config, self.save_config, self.max_objects)
+            # A captured read must have the same shapes every frame: every slot, filled or not.
+            self._core.bank.fixed_read_shape = self.cuda_graphs
         return self._core
 
     def _check_input(self, frame: torch.Tensor, new_masks: torch.Tensor | None) -> tuple[int, int]:
