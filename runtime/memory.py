@@ -78,7 +78,7 @@ class MemoryBank:
         self._valid = torch.zeros(total, hw, **boolean)
         self._readout = torch.empty(max_objects, value_dim, hw, device=device, dtype=dtype)
         self._work = ReadoutBuffers.allocate(
-            self._read_slots * hw, hw, config.top_k, key_dim=key_dim, value_dim=value_dim, device=device, dtype=dtype
+            self._read_slots * hw, hw, config.top_k, key_dim=key_dim, value_dim=value_dim, device=device, dtype=dtype, chunk_divides=hw
         )
         self._key32 = torch.empty(key_dim, hw, **fp32)
         self._key_product = torch.empty(key_dim, hw, **fp32)

@@ -276,7 +276,7 @@ def test_no_allocation_growth_at_capacity(device: str, eviction: str) -> None:
 
     for i in range(10):  # warm-up: fill the bank, allocate lazily created state
         cycle(i)
-    tensors = bank._tensors() + tuple(vars(bank._work).values())
+    tensors = bank._tensors() + tuple(t for t in vars(bank._work).values() if isinstance(t, torch.Tensor))
     pointers = [t.data_ptr() for t in tensors]
     nbytes = bank.nbytes
     gc.collect()

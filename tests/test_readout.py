@@ -127,3 +127,17 @@ def test_fp16_large_keys_stay_finite() -> None:
     assert torch.all(weight[~valid] == 0)
     # Each query sits next to one key: the readout is close to that key's value.
     torch.testing.assert_close(readout.float(), scores[0].float(), atol=0.05, rtol=0.01)
+
+
+@pytest.mark.parametrize(("num_memory", "divides"), [(1000, None), (6480, 405), (810, 405)])
+def test_two_stage_topk_is_exact(num_memory: int, divides: int | None) -> None:
+    """Top-k through the k best chunk maxima gives the plain top-k's values."""
+    keys, values, query, valid = _random_memory(num_memory, 37, seed=num_memory, key_dim=16)
+    valid[: num_memory // 3] = False  # whole chunks invalid, as empty memory slots are
+    buffers = ReadoutBuffers.allocate(num_memory, 37, 20, key_dim=16, value_dim=5, dtype=torch.float64, chunk_divides=divides)
+    assert buffers.chunk > 1
+    readout, weights, indices = topk_readout(keys, values, query, valid, 20, buffers=buffers)
+    expected, expected_weight = dense_readout(keys, values, query, valid, 20)
+    torch.testing.assert_close(readout, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(position_weight(weights, indices, num_memory), expected_weight.float(), atol=1e-5, rtol=1e-5)
+    assert torch.all(weights[:, :-1] >= weights[:, 1:])  # sorted, largest first
