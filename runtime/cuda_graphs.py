@@ -10,6 +10,12 @@ Capture needs the work to have run eagerly once on the same stream first (cuBLAS
 cuDNN initialise lazily); :class:`GraphedPhase` runs eagerly until then. Capturing runs
 nothing, so the first capture is followed by a replay. Capture is per object count K
 (the caller keeps one :class:`GraphedPhase` per K) and happens outside steady frames.
+
+:class:`FusedStep` goes further when every piece is capturable (the torch backend): the
+store of the previous frame and the frame become one graph, the store inside a CUDA
+graph conditional node on a device flag (CUDA 12.4+, torch's
+``CUDAGraph.begin_capture_to_if_node``): the device decides at t and acts at t+1 with no
+host involvement at all, and an unneeded store costs nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +71,55 @@ class GraphedPhase:
         for segment in self._segments:
             with timer.stage(segment.name):
                 segment.run(self._pool, stream)
+
+
+def conditional_nodes_available() -> bool:
+    """This torch can capture into CUDA graph conditional nodes."""
+    return hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node") and hasattr(torch.cuda.CUDAGraph, "end_capture_to_conditional_node")
+
+
+class FusedStep:
+    """``if predicate: store`` then ``frame``, captured as one CUDA graph.
+
+    The caller runs both phases eagerly (its usual path) until :attr:`ready`; then
+    :meth:`run` captures once and replays. ``predicate`` is a 0-d bool CUDA tensor read by
+    the device when the graph runs. A capture that fails (a driver without conditional
+    nodes) marks the step :attr:`broken`; the caller falls back to per-phase graphs.
+    """
+
+    def __init__(self, store: Phase, frame: Phase, predicate: torch.Tensor, pool: Any) -> None:
+        self.store = store
+        self.frame = frame
+        self.predicate = predicate
+        self._pool = pool
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm_frames = 0  # eager runs of the frame phase seen by this step
+        self.broken: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.broken is None and (self.graph is not None or self.warm_frames >= 1)
+
+    def run(self, timer: StageTimer) -> None:
+        with timer.stage("step"):
+            if self.graph is None:
+                self._capture()
+            assert self.graph is not None
+            self.graph.replay()
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream()
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
+            graph.begin_capture_to_if_node(self.predicate)
+            try:
+                for piece in self.store.pieces:
+                    piece.run()
+            finally:
+                graph.end_capture_to_conditional_node()
+            for piece in self.frame.pieces:
+                piece.run()
+        self.graph = graph
 
 
 def new_pool() -> Any:

@@ -17,7 +17,9 @@ decides what runs when (docs/ARCHITECTURE.md):
 
 On CUDA the steady phases run on the session's own stream and, by default, as CUDA
 graphs captured once per K (:mod:`eamstcn.runtime.cuda_graphs`): no host sync and no
-allocation in a steady frame.
+allocation in a steady frame. With the torch backend the whole step is one graph, the
+store of frame t-1 inside a conditional node on the device's decision: the host does not
+take part in the decision at all.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
-from eamstcn.runtime.cuda_graphs import GraphedPhase, new_pool
+from eamstcn.runtime.cuda_graphs import FusedStep, GraphedPhase, new_pool
 from eamstcn.runtime.engines.base import EngineSet
 from eamstcn.runtime.geometry import Geometry
 from eamstcn.runtime.objects import ObjectError, ObjectRegistry, one_hot, overwrite, to_graph_size
@@ -103,6 +105,8 @@ class Session:
         self.last_stats: StepStats | None = None
         #: Stores run before the host knew the decision (masked by the device flag).
         self.speculative_stores = 0
+        #: Why a faster path was not taken (one line each).
+        self.notes: list[str] = []
         self.objects = ObjectRegistry(self.device, self.max_objects)
         self._core: StepCore | None = None
         self._state = _StreamState()
@@ -185,14 +189,13 @@ class Session:
             if state.frame_index == 0:
                 assert new_masks is not None
                 output, saved = self._first(frame, new_masks), True
-            else:
+            elif new_masks is not None:
                 if state.pending:
                     self._store_pending()
-                if new_masks is not None:
-                    output, saved = self._annotated(frame, new_masks), True
-                else:
-                    output = self._steady(frame, (height, width), is_last)
-                    saved = self._decided_to_save() if timer.enabled and not is_last else False
+                output, saved = self._annotated(frame, new_masks), True
+            else:
+                output = self._steady(frame, (height, width), is_last)
+                saved = self._decided_to_save() if timer.enabled and not is_last else False
             stages, total = timer.finish()
         if timer.enabled:
             self.last_stats = StepStats(
@@ -241,16 +244,37 @@ class Session:
             return overwrite(output.unsqueeze(1), dense).squeeze(1)
 
     def _steady(self, frame: torch.Tensor, frame_size: tuple[int, int], is_last: bool) -> torch.Tensor:
-        core = self._core
+        core, state = self._core, self._state
         assert core is not None
         core.set_source(frame, staged=self.cuda_graphs)
-        output = core.run_frame(self.num_objects, frame_size, self.timer, self._graphs())
-        # Outside any graph: an async copy of the decision to pinned memory, and an event.
+        fused = core.fused_step(self.num_objects, frame_size, self._pool) if self.cuda_graphs else None
+        if fused is not None and fused.ready and not self._run_fused(fused):
+            fused = None
+        if fused is None or fused.graph is None:
+            if state.pending:
+                self._store_pending()
+            core.run_frame(self.num_objects, frame_size, self.timer, self._graphs())
+            if fused is not None:
+                fused.warm_frames += 1
+        if is_last:
+            core.clear_pending()
+        state.pending = not is_last
+        state.output_size = frame_size
+        # Outside any graph: an async copy of the pending flag to pinned memory, an event.
         core.mirror.publish()
         core.mirror.record()
-        self._state.pending = not is_last
-        self._state.output_size = frame_size
-        return output
+        return core.parts(self.num_objects).output(frame_size).output
+
+    def _run_fused(self, fused: FusedStep) -> bool:
+        """One replay of the whole step (capturing it the first time); False, and the
+        step marked broken, if this driver cannot capture it."""
+        try:
+            fused.run(self.timer)
+        except RuntimeError as error:
+            fused.broken = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            self.notes.append(f"one-graph step unavailable ({fused.broken}): per-phase CUDA graphs")
+            return False
+        return True
 
     def _store_pending(self) -> None:
         """Frame t-1's store, at the start of frame t: skipped when the host already knows
@@ -274,7 +298,7 @@ class Session:
 
     def _pending_stores(self) -> bool:
         """Whether the last frame's pending store will write (reads the device)."""
-        return self._state.pending and self._decided_to_save()
+        return self._core is not None and bool(self._core.pending)
 
     def _decided_to_save(self) -> bool:
         assert self._core is not None

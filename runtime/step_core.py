@@ -10,9 +10,13 @@ Steady frames run two phases (:mod:`eamstcn.runtime.phases`):
 
 - ``store`` (frame t-1, run at the start of frame t, before its read): the value
   encoder on frame t-1's image, f16x and probabilities, still in their buffers, then
-  ``MemoryBank.commit`` with the save rule's device decision of frame t-1;
+  ``MemoryBank.commit`` with the device flag ``pending`` (frame t-1's save decision);
 - ``frame``: normalise, key encoder, memory read, decoder, aggregation, the save rule's
-  decision (left on the device), output at the frame's size.
+  decision, copied into ``pending`` (and ``due`` set: a store phase is due next frame),
+  output at the frame's size.
+
+``due``/``pending`` are 0-d bool device tensors, so the whole steady step can be one CUDA
+graph with the store inside a conditional node (:meth:`StepCore.fused_step`).
 
 First and annotated frames (rare, may sync and allocate) have their own methods.
 Which user ids the objects have, input checks and the schedule live in the session.
@@ -26,6 +30,7 @@ import torch
 
 from eamstcn.runtime.aggregate import Aggregator
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
+from eamstcn.runtime.cuda_graphs import FusedStep, conditional_nodes_available
 from eamstcn.runtime.decision import DecisionMirror
 from eamstcn.runtime.engines.base import EngineSet
 from eamstcn.runtime.engines.binding import BoundEngine, bind
@@ -66,10 +71,10 @@ class ObjectParts:
         self.store = Phase("store", (
             Piece("memory_write", self.prepare_value_inputs),
             Piece("value_encoder", self.value.run, self.value.capturable),
-            Piece("memory_write", lambda: core.bank.commit(core.policy.decision, core.query, self.value_out)),
+            Piece("memory_write", lambda: core.bank.commit(core.pending, core.query, self.value_out)),
         ))  # fmt: skip
         self._frames: dict[tuple[int, int], Phase] = {}
-        self.graphed: dict[Any, Any] = {}  # phase key -> GraphedPhase (CUDA graphs)
+        self.graphed: dict[Any, Any] = {}  # phase key -> GraphedPhase or FusedStep (CUDA graphs)
 
     def output(self, frame_size: tuple[int, int]) -> OutputMaker:
         maker = self._outputs.get(frame_size)
@@ -101,7 +106,9 @@ class ObjectParts:
 
     def _decide(self) -> None:
         core = self._core
-        core.policy.decide(core.pre.image32[0], self.aggregator.object_probs)
+        decision = core.policy.decide(core.pre.image32[0], self.aggregator.object_probs)
+        core.pending.copy_(decision)
+        core.due.copy_(core.always)
 
 
 class StepCore:
@@ -129,7 +136,14 @@ class StepCore:
         height, width = geometry.latent
         self.bank = MemoryBank(memory, config.key_dim, config.value_dim, height, width, max_objects, device=self.device, dtype=self.dtype)
         self.policy = SavePolicy(save, 1)
+        flag = {"device": self.device, "dtype": torch.bool}
+        #: A store phase is due (the last frame was steady and not the last of its file).
+        self.due = torch.zeros((), **flag)
+        #: ... and it stores: the last frame's save decision.
+        self.pending = torch.zeros((), **flag)
+        self.always = torch.ones((), **flag)
         self.mirror = DecisionMirror(self.device)
+        self.mirror.watch(self.pending)
         self._parts: dict[int, ObjectParts] = {}
         self._source: torch.Tensor | None = None  # the (H, W, 3) uint8 frame normalize reads
 
@@ -166,7 +180,6 @@ class StepCore:
         parts.aggregator.one_hot(dense)
         self.policy.set_num_objects(num_objects)
         self.policy.observe_first(self.pre.image32[0], parts.aggregator.object_probs)
-        self.mirror.watch(self.policy.decision)
         self._store_now(parts, permanent=True)
 
     def annotated_frame(self, dense: torch.Tensor, old_objects: int, added: int, permanent: bool) -> torch.Tensor:
@@ -200,19 +213,42 @@ class StepCore:
         parts.prepare_value_inputs()
         parts.value.run()
         self.bank.add(self.query, parts.value_out, permanent=permanent)
+        self.clear_pending()
+
+    def clear_pending(self) -> None:
+        """Nothing to store next frame (this frame was stored already, or was the last)."""
+        self.due.zero_()
+        self.pending.zero_()
 
     # ------------------------------------------------------------------ steady phases
     def run_store(self, num_objects: int, timer: StageTimer, graphs: Any = None) -> None:
-        """Store the previous frame if the device decided so (see :class:`ObjectParts`)."""
-        self._run(self.parts(num_objects), "store", num_objects, timer, graphs)
+        """Store the previous frame if ``pending`` holds (see :class:`ObjectParts`)."""
+        self._run(self.parts(num_objects), "store", timer, graphs)
 
     def run_frame(self, num_objects: int, frame_size: tuple[int, int], timer: StageTimer, graphs: Any = None) -> torch.Tensor:
         """One steady frame; returns the (K+1, H, W) output (a view of a fixed buffer)."""
         parts = self.parts(num_objects)
-        self._run(parts, frame_size, num_objects, timer, graphs)
+        self._run(parts, frame_size, timer, graphs)
         return parts.output(frame_size).output
 
-    def _run(self, parts: ObjectParts, key: Any, num_objects: int, timer: StageTimer, graphs: Any) -> None:
+    def fused_step(self, num_objects: int, frame_size: tuple[int, int], pool: Any) -> FusedStep | None:
+        """The whole steady step as one CUDA graph (store in a conditional node), or None
+        when an engine cannot be captured or this torch has no conditional nodes."""
+        if not conditional_nodes_available():
+            return None
+        parts = self.parts(num_objects)
+        if not all(piece.capturable for phase in (parts.store, parts.frame(frame_size)) for piece in phase.pieces):
+            return None
+        key = ("fused", frame_size)
+        fused = parts.graphed.get(key)
+        if fused is None:
+            # With a temporary slot every due store runs (it writes the slot or the
+            # temporary slot); without, only a pending one.
+            predicate = self.due if self.bank.config.temporary_slot else self.pending
+            fused = parts.graphed[key] = FusedStep(parts.store, parts.frame(frame_size), predicate, pool)
+        return fused
+
+    def _run(self, parts: ObjectParts, key: Any, timer: StageTimer, graphs: Any) -> None:
         phase = parts.store if key == "store" else parts.frame(key)
         if graphs is None:
             phase.run_eager(timer)

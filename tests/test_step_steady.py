@@ -201,3 +201,27 @@ def test_cuda_graphs_match_eager(runtime_assets: RuntimeAssets, backend: str) ->
     for eager, graphed in zip(outputs[False], outputs[True]):
         torch.testing.assert_close(graphed, eager, atol=1e-4, rtol=1e-4)
     assert np.isfinite(outputs[True][-1].cpu().numpy()).all()
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_torch_step_is_one_graph_with_the_store_on_the_device(runtime_assets: RuntimeAssets) -> None:
+    """The torch backend: store (conditional node) + frame in one graph; the host never
+    needs the decision, so no store runs speculatively, and the frames stored are those
+    of the eager CPU run."""
+    from eamstcn.runtime.cuda_graphs import conditional_nodes_available
+
+    if not conditional_nodes_available():
+        pytest.skip("this torch has no CUDA graph conditional nodes")
+    session, frames, mask = _cuda_session(runtime_assets, "torch", graphs=True)
+    for t, frame in enumerate(frames * 3):
+        session.step(frame, mask if t == 0 else None)
+    parts = session._core.parts(session.num_objects)  # noqa: SLF001
+    fused = parts.graphed[("fused", FRAME_SIZE)]
+    assert fused.graph is not None and fused.broken is None, session.notes
+    assert session.speculative_stores == 0
+    with open_engines(runtime_assets.engines, runtime_assets.checkpoint, backend="torch", device="cpu") as engines:
+        reference = Session(engines, MemoryConfig(capacity=4), OFTEN)
+        for t, frame in enumerate(frames * 3):
+            reference.step(frame.cpu(), mask if t == 0 else None)
+    assert session.stored_frames == reference.stored_frames
