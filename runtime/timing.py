@@ -16,10 +16,11 @@ import torch
 #: Stage names in step order; a stage that did not run this frame is absent from ``stages``.
 #: A steady frame first stores the previous frame when the save rule decided so
 #: ("memory_write" around "value_encoder"). With CUDA graphs and timing, a captured run
-#: of stages is one stage named after its phase: "store" or "frame".
+#: of stages is one stage named after its phase, "store" or "frame", and a whole step
+#: captured as one graph (the torch backend) is "step".
 STAGES = (
     "memory_write", "value_encoder", "store", "preprocess", "key_encoder", "memory_read", "decoder", "aggregate",
-    "save_decision", "postprocess", "frame",
+    "save_decision", "postprocess", "frame", "step",
 )  # fmt: skip
 
 _NO_OP = nullcontext()
