@@ -152,6 +152,7 @@ class Session:
         if self._core is not None:
             self._core.bank.reset()
             self._core.policy.reset()
+            self._core.clear_pending()
         self.objects.reset()
         self._state = _StreamState()
         self.last_stats = None

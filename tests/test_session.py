@@ -143,6 +143,7 @@ def test_reset_starts_a_new_stream(engines, clip) -> None:
     first = run()
     session.reset()
     assert session.frame_index == 0 and session.num_objects == 0 and session.memory_frames == 0
+    assert session.stored_frames == 0
     with pytest.raises(SessionError, match="first frame needs a mask"):
         session.step(frames[0])
     second = run()
