@@ -61,10 +61,15 @@ class BundledModel:
     model_config: dict[str, Any] = field(default_factory=dict)
     training_command: str = ""
     numbers: dict[str, Any] = field(default_factory=dict)
+    #: (H, W) frames are resized to when this model runs without an explicit --size: the
+    #: scale it was trained and scored at (a small model trained on small frames does
+    #: poorly on full-size ones). None: each frame's own size.
+    frame_size: tuple[int, int] | None = None
 
     def describe(self) -> str:
         """The one line a command prints when it falls back to this model."""
-        return f"using the bundled model {self.name} (sha256 {self.sha256[:12]}...)"
+        size = f", frames resized to {self.frame_size[0]}x{self.frame_size[1]}" if self.frame_size else ""
+        return f"using the bundled model {self.name} (sha256 {self.sha256[:12]}...{size})"
 
 
 def _description_path() -> Path:
@@ -110,7 +115,20 @@ def bundled_model(verify: bool = True) -> BundledModel:
         model_config=dict(data.get("model_config") or {}),
         training_command=str(data.get("training_command") or ""),
         numbers=dict(data.get("numbers") or {}),
+        frame_size=_frame_size(data.get("frame_size"), description),
     )
+
+
+def _frame_size(value: Any, description: Path) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        height, width = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise BundledModelError(f"{description}: frame_size must be [H, W], got {value!r}; reinstall eamstcn") from None
+    if height < 16 or width < 16:
+        raise BundledModelError(f"{description}: frame_size {value!r} is too small; reinstall eamstcn")
+    return height, width
 
 
 def bundled_checkpoint() -> Path:
@@ -124,6 +142,7 @@ def pack_bundled_model(
     name: str,
     training_command: str = "",
     numbers: dict[str, Any] | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> BundledModel:
     """Write ``out_dir/<name>.pth`` (weights only, floating tensors in fp16) and
     ``out_dir/MODEL.json`` from a trained checkpoint; both written atomically.
@@ -163,6 +182,8 @@ def pack_bundled_model(
         "model_config": source.config.to_dict(),
         "training_command": training_command,
         "numbers": numbers or {},
+        "frame_size": list(frame_size) if frame_size else None,
     }
     atomic_write_bytes(out / DESCRIPTION_NAME, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
-    return BundledModel(name, path, description["sha256"], description["model_config"], training_command, numbers or {})
+    return BundledModel(name, path, description["sha256"], description["model_config"], training_command, numbers or {},
+                        frame_size)

@@ -55,9 +55,9 @@ def summary_table(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
-def _bundled_checkpoint() -> Path:
-    """The bundled model's checkpoint, announced in one line; a missing or damaged one is
-    an :class:`ExportError` (one line)."""
+def _bundled_checkpoint() -> tuple[Path, tuple[int, int] | None]:
+    """The bundled model's checkpoint and frame size, announced in one line; a missing or
+    damaged one is an :class:`ExportError` (one line)."""
     from eamstcn.default_model import BundledModelError, BundledModelMissing, bundled_model
 
     try:
@@ -67,7 +67,7 @@ def _bundled_checkpoint() -> Path:
     except BundledModelError as error:
         raise ExportError(str(error)) from None
     typer.echo(model.describe(), err=True)
-    return model.path
+    return model.path, model.frame_size
 
 
 @app.command(help=_HELP)
@@ -77,10 +77,10 @@ def export(
     ),
     out: Path = typer.Option(Path("engines"), "--out", help="Bundle folder; an existing bundle there is replaced."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 ONNX graphs (GPU providers) and TensorRT FP16 plans."),
-    size: str = typer.Option(
-        "480", "--size",
+    size: str | None = typer.Option(
+        None, "--size",
         help="Frame size the runtime resizes to: the short side (480 -> 480x854, 16:9) or HxW (e.g. 720x1280). "
-        "Graphs take it padded to multiples of 16 (480x854 -> 480x864).",
+        "Graphs take it padded to multiples of 16 (480x854 -> 480x864). Default 480, or the bundled model's own size.",
     ),
     max_objects: int = typer.Option(4, "--max-objects", help="Largest object count K the TensorRT profile accepts."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)."),
@@ -102,10 +102,12 @@ def export(
 ) -> None:
     started = time.perf_counter()
     try:
+        bundled_size = None
         if checkpoint is None:
-            checkpoint = _bundled_checkpoint()
+            checkpoint, bundled_size = _bundled_checkpoint()
+        frame_size = parse_size(size) if size is not None else bundled_size or parse_size("480")
         config = ExportConfig(
-            checkpoint=checkpoint, out=out, fp16=fp16, frame_size=parse_size(size), max_objects=max_objects,
+            checkpoint=checkpoint, out=out, fp16=fp16, frame_size=frame_size, max_objects=max_objects,
             opset=opset, simplify=simplify, trt=trt, workspace_gb=workspace,
             int8=int8, calibration=calibration, calibration_frames=calibration_frames, int8_target=int8_target,
             int8_min_agreement=int8_min_iou,

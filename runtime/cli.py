@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eamstcn.cli_errors import run_app
+from eamstcn.cli_errors import run_app, size_option
 from eamstcn.runtime import quiet_opencv  # noqa: F401  (before anything opens a video)
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.runner import USER_ERRORS, RunError, RunOptions, parse_add_mask, run
@@ -66,6 +66,7 @@ def segment(
     output: Annotated[Optional[Path], typer.Option("--output", help="Write masks/, overlay.mp4 and stats.csv here.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (where a display exists).")] = False,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many frames.")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="HxW frames are resized to on the PyTorch path (an engine bundle has its own); default: the bundled model's size, else each frame's own.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")] = None,
 ) -> None:
     """Segment the objects of the first-frame mask through a live feed or a video."""
@@ -94,6 +95,7 @@ def segment(
             output=output,
             show=show,
             max_frames=max_frames,
+            frame_size=size_option(size, "--size"),
         )
         summary = run(options)
     except USER_ERRORS as error:

@@ -84,6 +84,7 @@ def run_demo(
         RunOptions(
             mask=output / "first_mask.png", frames=frames_dir, checkpoint=checkpoint, engines=engines,
             backend=backend, device=device, output=output, progress=progress,
+            frame_size=DEMO_SIZE,  # the clip's own size: generated at the scale the model knows
         ),
         notify=notify,
     )

@@ -70,6 +70,9 @@ class RunOptions:
     output: Path | None = None
     show: bool = False
     max_frames: int | None = None
+    #: (H, W) frames are resized to on the PyTorch path (a bundle fixes its own size);
+    #: None: the bundled model's size when it is the model, else each frame's own.
+    frame_size: tuple[int, int] | None = None
     progress: bool = True
     progress_every_s: float = PROGRESS_EVERY_S
     #: Frames the writer thread may be behind before the loop waits for it.
@@ -211,13 +214,15 @@ def plan_object_ids(first: MaskFile, added: list[tuple[int, Path, MaskFile]]) ->
 # --------------------------------------------------------------------------- model
 
 
-def resolve_model(engines: Path | None, checkpoint: Path | None, notify: Callable[[str], None]) -> tuple[Path | None, Path | None]:
-    """(engines folder, checkpoint) to open: as given; else ``./engines`` when it exists;
-    else the bundled model (saying so in one line)."""
+def resolve_model(
+    engines: Path | None, checkpoint: Path | None, notify: Callable[[str], None]
+) -> tuple[Path | None, Path | None, tuple[int, int] | None]:
+    """(engines folder, checkpoint, frame size) to open: as given; else ``./engines`` when
+    it exists; else the bundled model at its own frame size (saying so in one line)."""
     if engines is not None or checkpoint is not None:
-        return engines, checkpoint
+        return engines, checkpoint, None
     if DEFAULT_ENGINES.exists():
-        return DEFAULT_ENGINES, None
+        return DEFAULT_ENGINES, None, None
     try:
         model = bundled_model()
     except BundledModelMissing:
@@ -226,7 +231,7 @@ def resolve_model(engines: Path | None, checkpoint: Path | None, notify: Callabl
             f"pass --checkpoint best.pth or --engines DIR (build one with `{EXPORT_HINT}`)"
         ) from None
     notify(model.describe())
-    return None, model.path
+    return None, model.path, model.frame_size
 
 
 def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:
@@ -308,7 +313,7 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
     added = [(frame, path, _read_mask(path, "--add-mask")) for frame, path in options.add_masks]
     all_ids, planned = plan_object_ids(first_mask, added)
 
-    engines_dir, checkpoint = resolve_model(options.engines, options.checkpoint, notify)
+    engines_dir, checkpoint, bundled_size = resolve_model(options.engines, options.checkpoint, notify)
     # The source first: it is the cheap thing to get wrong (a typo in a path), engines take seconds.
     source = open_source(options.camera, options.video, options.frames, notify=notify)
     engines: EngineSet | None = None
@@ -325,7 +330,8 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
         for item in planned:
             _check_aspect(item.ids.shape, shape, str(item.path))
 
-        engines = open_engines(engines_dir, checkpoint, options.backend, options.device, options.precision)
+        engines = open_engines(engines_dir, checkpoint, options.backend, options.device, options.precision,
+                               frame_size=options.frame_size or bundled_size)
         summary = RunSummary(backend=engines.describe())
         limit = engines.manifest.max_objects or max(DEFAULT_MAX_OBJECTS, len(all_ids))
         if len(all_ids) > limit:

@@ -205,3 +205,67 @@ def test_demo_without_the_bundled_model_is_one_line(tmp_path: Path, monkeypatch:
         "pass --checkpoint best.pth (or --engines DIR) to run the demo with yours"
     ]
     assert not (tmp_path / "eamstcn-demo").exists()
+
+
+# --------------------------------------------------------------------------- its frame size
+
+
+@pytest.fixture()
+def bundled_sized(runtime_assets: RuntimeAssets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny model packed with a frame size, as the shipped model is (it was trained
+    on small frames: full-size ones would be far from what it has seen)."""
+    pack_bundled_model(runtime_assets.checkpoint, tmp_path / "sized", "eamstcn-test-sized", frame_size=(48, 80))
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "sized"))
+    return tmp_path / "sized"
+
+
+def test_bundled_frame_size_is_recorded_and_announced(bundled_sized: Path) -> None:
+    model = bundled_model()
+    assert model.frame_size == (48, 80) and "frames resized to 48x80" in model.describe()
+    description = json.loads((bundled_sized / "MODEL.json").read_text())
+    description["frame_size"] = "big"
+    (bundled_sized / "MODEL.json").write_text(json.dumps(description))
+    with pytest.raises(BundledModelError, match="frame_size must be"):
+        bundled_model()
+
+
+def test_run_export_eval_use_the_bundled_frame_size(bundled_sized: Path, clip_files, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.evaluation.run_eval as run_eval
+    import eamstcn.export.cli as export_cli
+    import eamstcn.runtime.runner as runner
+    from eamstcn.evaluation.cli import app as eval_app
+    from eamstcn.runtime.cli import app as run_app
+
+    seen: dict[str, object] = {}
+    opened = runner.open_engines
+
+    def spy_open(*args, **kwargs):
+        seen["run"] = kwargs.get("frame_size")
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "open_engines", spy_open)
+    monkeypatch.chdir(tmp_path)  # no ./engines here
+    result = CliRunner().invoke(run_app, ["--frames", str(clip_files["frames"]), "--mask", str(clip_files["mask"]),
+                                          "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert seen["run"] == (48, 80)
+    CliRunner().invoke(run_app, ["--frames", str(clip_files["frames"]), "--mask", str(clip_files["mask"]),
+                                 "--device", "cpu", "--size", "32x32"])
+    assert seen["run"] == (32, 32)  # --size wins
+
+    def fake_export(config, progress=None):
+        seen["export"] = config.frame_size
+        raise export_cli.ExportError("stopped here by the test")
+
+    monkeypatch.setattr(export_cli, "export_bundle", fake_export)
+    CliRunner().invoke(export_cli.app, ["--out", str(tmp_path / "engines")])
+    assert seen["export"] == (48, 80)
+
+    def fake_evaluate(options, notify=print):
+        seen["eval"] = options.size
+        raise ValueError("stopped here by the test")
+
+    monkeypatch.setattr(run_eval, "evaluate", fake_evaluate)
+    CliRunner().invoke(eval_app, ["--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert seen["eval"] == (48, 80)

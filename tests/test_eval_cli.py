@@ -88,8 +88,11 @@ def test_eval_davis2016_binary_masks_and_subset(checkpoint: Path, tmp_path: Path
     assert _summary(out)[0]["Objects"] == "1"
 
 
-def test_eval_errors_are_one_line(checkpoint: Path, davis2017: Path, tmp_path: Path) -> None:
+def test_eval_errors_are_one_line(checkpoint: Path, davis2017: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
+    # No model at all: an install without the bundled weights (with them, eval uses them).
+    monkeypatch.setenv("EAMSTCN_BUNDLED_MODEL", str(tmp_path / "no-bundled-model" / "MODEL.json"))
     result = runner.invoke(app, ["--data", str(davis2017)])
     assert result.exit_code == 2 and "--checkpoint" in result.output
     result = runner.invoke(app, ["--data", str(davis2017), "--checkpoint", str(checkpoint), "--sequences", "nope",

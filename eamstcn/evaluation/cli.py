@@ -47,6 +47,8 @@ def evaluate_command(
             raise typer.Exit(2) from None
         typer.echo(model.describe(), err=True)
         checkpoint = model.path
+        if size is None and model.frame_size is not None:
+            size = f"{model.frame_size[0]}x{model.frame_size[1]}"
     try:
         options = EvalOptions(
             data=data, out=out, checkpoint=checkpoint, engines=engines, backend=backend, precision=precision, device=device,
