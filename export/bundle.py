@@ -255,7 +255,7 @@ def _build_plans(
 
 def _add_int8(
     config: ExportConfig, staging: Path, calibration: CalibrationSource, cases: list[ParityCase],
-    graphs: dict[str, dict[str, Any]], reports: list[FileReport], say: Progress,
+    graphs: dict[str, dict[str, Any]], reports: list[FileReport], say: Progress, notes: list[str],
 ) -> dict[str, Any]:
     """``<graph>.int8.onnx`` for every graph, added to ``graphs`` and ``reports``; returns
     the manifest's ``int8`` section."""
@@ -268,11 +268,17 @@ def _add_int8(
         entry["files"].append(file_entry(staging, path, "onnx", "int8"))
         if name in result.fp32_graphs:
             entry["files"][-1]["note"] = "the fp32 graph: INT8 changed the masks beyond the export's target"
+            notes.append(f"{name}: kept in fp32 in the INT8 engines (its INT8 version moved the masks below --int8-min-iou)")
         entry["parity"]["onnx/int8"] = {
             **_parity_dict(result.parity[name]),
             "held_out_vs_fp32_onnx": result.graphs[name].error.to_dict(),
         }
         reports.append(FileReport(name, path, "onnx", "int8", entry["files"][-1]["bytes"], result.parity[name]))
+    agreement = result.manifest["mask_agreement"]
+    notes.append(
+        f"INT8 masks vs fp32 over {agreement['frames']} calibration frames: mean IoU {agreement['mean_iou']:.4f}, "
+        f"min {agreement['min_iou']:.4f} ({calibration.kind} calibration, {result.manifest['recipe']['target']} recipe)"
+    )
     return result.manifest
 
 
@@ -315,7 +321,7 @@ def _build(
             "parity": parity,
         }
 
-    int8 = _add_int8(config, staging, calibration, cases, graphs, reports, say) if calibration is not None else None
+    int8 = _add_int8(config, staging, calibration, cases, graphs, reports, say, notes) if calibration is not None else None
     trt_version = _build_plans(config, graphs, staging, say, notes, reports) if config.fp16 and config.trt else None
     manifest = build_manifest(
         model_config=model.config.to_dict(),
