@@ -66,9 +66,10 @@ class BundledModel:
     #: poorly on full-size ones). None: each frame's own size.
     frame_size: tuple[int, int] | None = None
 
-    def describe(self) -> str:
-        """The one line a command prints when it falls back to this model."""
-        size = f", frames resized to {self.frame_size[0]}x{self.frame_size[1]}" if self.frame_size else ""
+    def describe(self, with_size: bool = True) -> str:
+        """The one line a command prints when it falls back to this model (``with_size``:
+        say the frame size it runs at, when the caller does not choose its own)."""
+        size = f", frames resized to {self.frame_size[0]}x{self.frame_size[1]}" if self.frame_size and with_size else ""
         return f"using the bundled model {self.name} (sha256 {self.sha256[:12]}...{size})"
 
 
@@ -185,5 +186,7 @@ def pack_bundled_model(
         "frame_size": list(frame_size) if frame_size else None,
     }
     atomic_write_bytes(out / DESCRIPTION_NAME, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
+    for written in (path, out / DESCRIPTION_NAME):
+        written.chmod(0o644)  # package data: readable by every user of an installed copy
     return BundledModel(name, path, description["sha256"], description["model_config"], training_command, numbers or {},
                         frame_size)

@@ -64,7 +64,7 @@ def run_demo(
                 "--demo runs the bundled model, which is missing in this install; "
                 "pass --checkpoint best.pth (or --engines DIR) to run the demo with yours"
             ) from None
-        notify(model.describe())
+        notify(model.describe(with_size=False))  # the demo runs at its clip's own size
         checkpoint, name = model.path, f"bundled model {model.name}"
     else:
         name = str(checkpoint or engines)
