@@ -85,7 +85,9 @@ def run_clip(
     start = time.perf_counter()
     for index in range(1, count):
         probabilities = session.step(host_frames[index], is_last=index == count - 1)
-        labels.append(session.labels(probabilities).cpu().numpy())  # syncs: the user's mask
+        # syncs: the user's mask. Copied: the session returns its labels in a fixed buffer,
+        # which the next frame overwrites (keeping views made every frame equal the last).
+        labels.append(session.labels(probabilities).cpu().numpy().copy())
         stats = session.last_stats
         assert stats is not None
         totals.append(stats.total_ms)
