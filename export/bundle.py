@@ -27,6 +27,7 @@ from eamstcn.export.destination import staged_bundle
 from eamstcn.export.errors import ExportError
 from eamstcn.export.int8_target import TARGETS as INT8_TARGETS
 from eamstcn.export.int8_target import Int8Recipe, recipe as int8_recipe
+from eamstcn.runtime.engines.cpu_features import detect_target
 from eamstcn.export.manifest import build_manifest, file_entry, write_manifest
 from eamstcn.export.onnx_export import MIN_OPSET, check, max_opset, object_axes, simplify, to_onnx
 from eamstcn.export.parity import (
@@ -80,6 +81,7 @@ class ExportConfig:
     calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
     int8_target: str = "auto"
     int8_min_agreement: float = 0.98  # mean mask IoU INT8 vs fp32 below which graphs stay fp32
+    int8_min_speedup: float = 1.5  # INT8 graphs slower than this vs fp32 (on this CPU) stay fp32
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ def validate(config: ExportConfig) -> None:
         raise ExportError(f"--int8-target {config.int8_target!r} is unknown: choose one of {', '.join(INT8_TARGETS)}")
     if config.calibration_frames < 2:
         raise ExportError(f"--calibration-frames must be at least 2, got {config.calibration_frames}")
+    if not config.int8_min_speedup >= 0:
+        raise ExportError(f"--int8-min-speedup must be >= 0, got {config.int8_min_speedup}")
     if not 0.0 <= config.int8_min_agreement <= 1.0:
         raise ExportError(f"--int8-min-iou must be in [0, 1], got {config.int8_min_agreement}")
     if not config.int8 and config.calibration is not None:
@@ -262,13 +266,16 @@ def _add_int8(
     from eamstcn.export.int8_export import export_int8
 
     recipe: Int8Recipe = int8_recipe(config.int8_target)
-    result = export_int8(staging, config.frame_size, calibration, recipe, cases, say, config.int8_min_agreement)
+    # This CPU's timings only speak for a recipe made for this CPU class.
+    local = config.int8_target in ("auto", detect_target()[0])
+    result = export_int8(staging, config.frame_size, calibration, recipe, cases, say, config.int8_min_agreement,
+                         config.int8_min_speedup if local else None)
     for name, entry in graphs.items():
         path = result.files[name]
         entry["files"].append(file_entry(staging, path, "onnx", "int8"))
         if name in result.fp32_graphs:
-            entry["files"][-1]["note"] = "the fp32 graph: INT8 changed the masks beyond the export's target"
-            notes.append(f"{name}: kept in fp32 in the INT8 engines (its INT8 version moved the masks below --int8-min-iou)")
+            entry["files"][-1]["note"] = f"the fp32 graph: {result.manifest['fp32_reasons'][name]}"
+            notes.append(f"{name}: kept in fp32 in the INT8 engines ({result.manifest['fp32_reasons'][name]})")
         entry["parity"]["onnx/int8"] = {
             **_parity_dict(result.parity[name]),
             "held_out_vs_fp32_onnx": result.graphs[name].error.to_dict(),

@@ -99,6 +99,9 @@ def export(
     int8_min_iou: float = typer.Option(
         0.98, "--int8-min-iou", help="INT8: keep graphs in fp32 until the masks agree with fp32's at this mean IoU (calibration clips)."
     ),
+    int8_min_speedup: float = typer.Option(
+        1.5, "--int8-min-speedup", help="INT8: a graph whose INT8 file is less than this much faster than fp32 here stays fp32 (0: quantize all)."
+    ),
 ) -> None:
     started = time.perf_counter()
     try:
@@ -110,7 +113,7 @@ def export(
             checkpoint=checkpoint, out=out, fp16=fp16, frame_size=frame_size, max_objects=max_objects,
             opset=opset, simplify=simplify, trt=trt, workspace_gb=workspace,
             int8=int8, calibration=calibration, calibration_frames=calibration_frames, int8_target=int8_target,
-            int8_min_agreement=int8_min_iou,
+            int8_min_agreement=int8_min_iou, int8_min_speedup=int8_min_speedup,
         )
         result = export_bundle(config, progress=_say(started))
     except ExportError as error:

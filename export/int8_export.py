@@ -16,6 +16,8 @@ the recipe, the calibration source, what was kept in fp32, and the measured pari
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,11 @@ Progress = Callable[[str], None]
 
 #: Mean mask IoU (INT8 pipeline vs fp32 pipeline, calibration clips) an export must keep.
 MIN_AGREEMENT = 0.98
+#: A graph's INT8 file must run at least this much faster than its fp32 file (on this CPU,
+#: when the recipe is for this CPU) or the graph stays fp32: its rounding error would buy
+#: too little. Measured here for the shipped model at 240x432: decoder 1.9x, value encoder
+#: 1.3x, key encoder 1.2x (EfficientNet's depthwise convolutions and SiLU gain little).
+MIN_SPEEDUP = 1.5
 
 
 @dataclass
@@ -62,16 +69,36 @@ def _pipeline_agreement(
     return mask_agreement(collect(source, runners, frame_size).labels, reference.labels)
 
 
+def measure_speedup(fp32: Path, int8: Path, feeds: list[dict[str, Any]], rounds: int = 3) -> float:
+    """fp32 median latency / INT8 median latency on ``feeds`` (ONNX Runtime CPU, default
+    threads). The two files run alternately, input by input, so a load change on the
+    machine hits both alike."""
+    from eamstcn.export.quantize import cpu_session
+
+    sessions = [cpu_session(fp32), cpu_session(int8)]
+    for session in sessions:
+        session.run(None, feeds[0])  # first runs allocate
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for item in feeds:
+            for index, session in enumerate(sessions):
+                start = time.perf_counter()
+                session.run(None, item)
+                times[index].append(time.perf_counter() - start)
+    return statistics.median(times[0]) / statistics.median(times[1])
+
+
 def _choose_fp32_graphs(
     staging: Path, source: CalibrationSource, frame_size: tuple[int, int], reference: CalibrationData,
-    min_agreement: float, say: Progress,
+    min_agreement: float, say: Progress, start_fp32: tuple[str, ...] = (),
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Graphs to keep in fp32 (greedy, best restorer first) and every trial measured."""
-    int8_graphs = set(GRAPHS)
+    """Graphs to keep in fp32 (``start_fp32``, then greedy, best restorer first) and every
+    trial measured."""
+    int8_graphs = set(GRAPHS) - set(start_fp32)
     mean, low = _pipeline_agreement(staging, source, frame_size, reference, int8_graphs)
     trials = [{"int8": sorted(int8_graphs), "mask_iou_mean": mean, "mask_iou_min": low}]
     say(f"INT8: masks of the INT8 pipeline vs fp32 over {len(reference.labels)} frames: mean IoU {mean:.4f}, min {low:.4f}")
-    kept: list[str] = []
+    kept: list[str] = list(start_fp32)
     while mean < min_agreement and int8_graphs:
         options = {}
         for name in sorted(int8_graphs):
@@ -91,8 +118,12 @@ def _choose_fp32_graphs(
 def export_int8(
     staging: Path, frame_size: tuple[int, int], source: CalibrationSource, recipe: Int8Recipe,
     cases: list[ParityCase], say: Progress, min_agreement: float = MIN_AGREEMENT,
+    min_speedup: float | None = MIN_SPEEDUP,
 ) -> Int8Result:
     """Quantize ``staging/<graph>.onnx`` into ``staging/<graph>.int8.onnx`` for every graph.
+
+    ``min_speedup`` None: speed is not measured (the recipe targets another CPU class, so
+    this CPU's timings say nothing about it).
 
     Raises :class:`ExportError` (one line) when calibration or quantization fails.
     """
@@ -110,7 +141,17 @@ def export_int8(
             graphs[name] = quantize_graph(
                 name, staging / f"{name}.onnx", staging / int8_file(name), data.calibration[name], data.held_out[name], recipe, say
             )
-        fp32_graphs, agreement_trials = _choose_fp32_graphs(staging, source, frame_size, data, min_agreement, say)
+        speedups: dict[str, float] = {}
+        slow: list[str] = []
+        if min_speedup is not None:
+            for name in GRAPHS:
+                feeds = (data.held_out[name] or data.calibration[name])[:8]
+                speedups[name] = measure_speedup(staging / f"{name}.onnx", staging / int8_file(name), feeds)
+                if speedups[name] < min_speedup:
+                    slow.append(name)
+                verdict = "kept in fp32" if name in slow else "INT8"
+                say(f"{name}: INT8 runs {speedups[name]:.2f}x as fast as fp32 on this CPU ({verdict}; threshold {min_speedup}x)")
+        fp32_graphs, agreement_trials = _choose_fp32_graphs(staging, source, frame_size, data, min_agreement, say, tuple(slow))
     except QuantizeError as error:
         raise ExportError(f"INT8: {error}") from None
     files: dict[str, str] = {}
@@ -133,8 +174,15 @@ def export_int8(
         "calibration": {**source.to_manifest(), "inputs": data.counts()},
         "keep_rules": [
             f"inside a graph, a node group is kept in fp32 when that lowers the held-out output error by at least {KEEP_GAIN:.0%}",
+            (f"a whole graph is kept in fp32 when its INT8 file is less than {min_speedup}x as fast as fp32 on the exporting CPU"
+             if min_speedup is not None else "speed not measured: the recipe targets another CPU class"),
             f"a whole graph is kept in fp32 while the INT8 pipeline's masks agree with fp32's below a mean IoU of {min_agreement}",
         ],
+        "speedup_on_exporting_cpu": speedups,
+        "fp32_reasons": {
+            name: (f"INT8 only {speedups[name]:.2f}x as fast here" if name in slow else "INT8 moved the masks")
+            for name in fp32_graphs
+        },
         "kept_fp32": {name: (["graph"] if name in fp32_graphs else sorted(graphs[name].kept_fp32)) for name in GRAPHS},
         "fp32_graphs": fp32_graphs,
         "mask_agreement": {

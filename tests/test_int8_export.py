@@ -163,6 +163,17 @@ def test_graphs_that_move_the_masks_stay_fp32(runtime_assets: RuntimeAssets, tmp
     assert len(trials) >= 1 + len(GRAPHS) and trials[0]["int8"] == sorted(GRAPHS)
 
 
+def test_graphs_int8_does_not_speed_up_stay_fp32(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:
+    """The speed rule: no graph is 100x faster in INT8, so all stay fp32, each with why."""
+    result = export_int8_bundle(runtime_assets.checkpoint, tmp_path / "engines", int8_min_speedup=100.0, calibration_frames=4)
+    section = result.manifest["int8"]
+    assert sorted(section["fp32_graphs"]) == sorted(GRAPHS)
+    assert set(section["speedup_on_exporting_cpu"]) == set(GRAPHS)
+    assert all(reason.startswith("INT8 only") for reason in section["fp32_reasons"].values())
+    assert section["mask_agreement"]["mean_iou"] == 1.0  # nothing left in INT8: the fp32 pipeline itself
+    assert any("kept in fp32" in note for note in result.notes)
+
+
 def test_export_cli_int8_and_its_errors(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:
     from eamstcn.export.cli import app
 
