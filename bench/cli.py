@@ -111,11 +111,4 @@ def bench(
 
 
 def main() -> None:
-    import os
-
-    # Idle OpenMP threads sleep instead of spinning: torch's spinning pool threads and ONNX
-    # Runtime's take turns on the same cores between graphs (measured here: the ORT rows
-    # ran at half speed and a 2x240x432 argmax took 28 ms instead of 15). As eamstcn-eval
-    # does; set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     run_app(app, "eamstcn-bench")

@@ -87,6 +87,18 @@ def davis_root() -> Path | None:
     return candidate if (candidate / "JPEGImages").is_dir() else None
 
 
+def count_video_frames(path: Path) -> int:
+    """Frames OpenCV can decode from the video file at ``path``."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

@@ -25,13 +25,14 @@ def tiny_model() -> EamStcn:
 
 
 @torch.no_grad()
-def _outputs(model: EamStcn) -> list[torch.Tensor]:
+def network_outputs(model: EamStcn) -> list[torch.Tensor]:
+    """Key, f16x, value and logits of ``model`` on fixed random inputs (64x96, K=2)."""
     generator = torch.Generator().manual_seed(7)
     image = torch.randn(1, 3, 64, 96, generator=generator)
     masks = torch.rand(2, 1, 64, 96, generator=generator)
     key, f16x, f8, f4 = model.encode_key(image)
     value = model.encode_value(image, masks, others_from_masks(masks), f16x)
-    return [key, value, model.decode(value, f16x, f8, f4)]
+    return [key, f16x, value, model.decode(value, f16x, f8, f4)]
 
 
 def test_round_trip_reproduces_outputs_exactly(tiny_model: EamStcn, tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_round_trip_reproduces_outputs_exactly(tiny_model: EamStcn, tmp_path: Pa
     assert checkpoint.config == TINY
     assert checkpoint.training is not None and checkpoint.training["step"] == 12
     restored = load_model(path)
-    for before, after in zip(_outputs(tiny_model), _outputs(restored), strict=True):
+    for before, after in zip(network_outputs(tiny_model), network_outputs(restored), strict=True):
         assert torch.equal(before, after)
 
 

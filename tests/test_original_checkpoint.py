@@ -24,7 +24,7 @@ from eamstcn import ops
 from eamstcn.checkpoint import FORMAT_TAG, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from eamstcn.config import TINY, ModelConfig
 from eamstcn.export.manifest import MANIFEST_NAME
-from eamstcn.network import EamStcn, others_from_masks
+from eamstcn.network import EamStcn
 from eamstcn.original_checkpoint import (
     ORIGINAL_BN_EPS,
     UnsupportedOriginal,
@@ -32,6 +32,7 @@ from eamstcn.original_checkpoint import (
     original_state_dict,
     to_original,
 )
+from tests.test_checkpoint import network_outputs
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "seed-b1b1"
 needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason="needs ../shared/fixtures/seed-b1b1")
@@ -78,16 +79,6 @@ def tiny() -> EamStcn:
 def tiny_original(tiny: EamStcn, tmp_path: Path) -> Path:
     """A fresh file per test: each command announces a file once per process."""
     return _write_original(tmp_path / "tiny_3.pth.tar", to_original(tiny.state_dict(), TINY))
-
-
-@torch.no_grad()
-def _outputs(model: EamStcn) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(7)
-    image = torch.randn(1, 3, 64, 96, generator=generator)
-    masks = torch.rand(2, 1, 64, 96, generator=generator)
-    key, f16x, f8, f4 = model.encode_key(image)
-    value = model.encode_value(image, masks, others_from_masks(masks), f16x)
-    return [key, f16x, value, model.decode(value, f16x, f8, f4)]
 
 
 def _seed_state() -> dict[str, torch.Tensor]:
@@ -185,7 +176,7 @@ def test_tiny_original_file_loads_to_the_same_network(tiny: EamStcn, tiny_origin
     assert checkpoint.config == TINY and checkpoint.config.expansion_bn_eps == ORIGINAL_BN_EPS
     assert checkpoint.training is None and checkpoint.metadata["converted_from"] == "original EamStcn"
     restored = load_model(tiny_original)  # a second load of the same file: still one line
-    for before, after in zip(_outputs(tiny), _outputs(restored), strict=True):
+    for before, after in zip(network_outputs(tiny), network_outputs(restored), strict=True):
         assert torch.equal(before, after)  # shortcut/conv1 swapped would change every output
     lines = _converted_lines(capsys.readouterr().err)
     assert lines == [f"{CONVERTED} (B0/B0, key dim 64, value dim 128, {len(tiny.state_dict())} tensors): {tiny_original}"]

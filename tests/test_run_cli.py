@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from eamstcn.data.davis_io import DAVIS_PALETTE, read_mask, write_frame
 from eamstcn.runtime.cli import app
-from tests.conftest_runtime import RuntimeAssets, copy_bundle, davis_root, runtime_assets, write_mask  # noqa: F401
+from tests.conftest_runtime import (  # noqa: F401
+    RuntimeAssets, copy_bundle, count_video_frames, davis_root, runtime_assets, write_mask)
 
 FRAMES = 12
 
@@ -58,15 +59,6 @@ def assert_one_line_error(result, contains: str, code: int = 2) -> None:
     assert "Traceback" not in result.output
 
 
-def _video_frames(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
-
-
 # --------------------------------------------------------------------------- runs
 
 
@@ -81,7 +73,7 @@ def test_video_run_writes_masks_overlay_and_stats(runtime_assets: RuntimeAssets,
     assert len(masks) == FRAMES
     assert read_mask(masks[0]).shape == (64, 96)
     assert np.array_equal(read_mask(masks[0]), read_mask(clip_files["mask"]))  # frame 0 is the given mask
-    assert _video_frames(out / "overlay.mp4") == FRAMES
+    assert count_video_frames(out / "overlay.mp4") == FRAMES
     rows = list(csv.DictReader(open(out / "stats.csv")))
     assert len(rows) == FRAMES and rows[0]["saved"] == "1" and float(rows[5]["total_ms"]) > 0
     assert sum(int(r["saved"]) for r in rows) == 1 + 3  # t=0, 3, 6, 9 (11 is the last)
@@ -213,7 +205,7 @@ def test_error_mid_stream_keeps_outputs(runtime_assets: RuntimeAssets, clip, tmp
     written = len(list((out / "masks").glob("*.png")))
     assert 1 <= written <= 5
     assert len(open(out / "stats.csv").read().splitlines()) == 1 + written
-    assert _video_frames(out / "overlay.mp4") == written
+    assert count_video_frames(out / "overlay.mp4") == written
 
 
 def test_ctrl_c_flushes_outputs_and_exits_130(runtime_assets: RuntimeAssets, clip_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,7 +224,7 @@ def test_ctrl_c_flushes_outputs_and_exits_130(runtime_assets: RuntimeAssets, cli
     assert result.exit_code == 130
     assert "Traceback" not in result.output and "interrupted" in result.stdout
     assert len(list((out / "masks").glob("*.png"))) == 4
-    assert _video_frames(out / "overlay.mp4") == 4
+    assert count_video_frames(out / "overlay.mp4") == 4
     assert len(open(out / "stats.csv").read().splitlines()) == 1 + 4
 
 
@@ -287,4 +279,4 @@ def test_live_stream_that_drops_mid_stream_ends_cleanly(runtime_assets: RuntimeA
     assert "Traceback" not in result.output
     frames = len(list((out / "masks").glob("*.png")))
     assert 1 <= frames <= 6 and f"frames: {frames}" in result.stdout
-    assert _video_frames(out / "overlay.mp4") == frames
+    assert count_video_frames(out / "overlay.mp4") == frames

@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 from eamstcn.data.davis_io import read_mask, write_frame
 from eamstcn.runtime.cli import app
 from eamstcn.runtime.runner import RunOptions, run
-from tests.conftest_runtime import RuntimeAssets, copy_bundle, runtime_assets, write_mask  # noqa: F401
-from tests.test_run_cli import _video_frames, assert_one_line_error
+from tests.conftest_runtime import (  # noqa: F401
+    RuntimeAssets, copy_bundle, count_video_frames, runtime_assets, write_mask)
+from tests.test_run_cli import assert_one_line_error
 
 FRAMES = 8
 
@@ -64,7 +65,7 @@ def test_overlay_keeps_frames_of_another_size(runtime_assets: RuntimeAssets, cli
     out = tmp_path / "out"
     result = invoke("--frames", folder, "--mask", files["object1"], "--engines", runtime_assets.engines, "--output", out)
     assert result.exit_code == 0, result.output
-    assert _video_frames(out / "overlay.mp4") == 6
+    assert count_video_frames(out / "overlay.mp4") == 6
     assert "resized to the first one's in overlay.mp4" in result.stderr
     assert read_mask(out / "masks" / "00001.png").shape == (128, 192)  # masks keep each frame's size
 

@@ -17,6 +17,7 @@ from eamstcn.data.davis_io import read_mask, write_frame
 from eamstcn.runtime.sinks import STATS_COLUMNS, AsyncOutputWriter, Display, OutputError, OutputWriter, overlay
 from eamstcn.runtime.sources import FrameUploader, SourceError, open_source
 from eamstcn.runtime.timing import StepStats
+from tests.conftest_runtime import count_video_frames
 
 
 class FakeCapture:
@@ -213,15 +214,6 @@ def test_show_without_a_display_is_one_notice(monkeypatch: pytest.MonkeyPatch) -
     assert len(notices) == 1 and "no display" in notices[0]
 
 
-def _count_video_frames(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
-
-
 def test_overlay_resizes_frames_of_another_size(tmp_path: Path) -> None:
     notices: list[str] = []
     with OutputWriter(tmp_path, notify=notices.append) as writer:
@@ -231,7 +223,7 @@ def test_overlay_resizes_frames_of_another_size(tmp_path: Path) -> None:
                 frame = cv2.resize(frame, (96, 64))
                 labels = cv2.resize(labels, (96, 64), interpolation=cv2.INTER_NEAREST)
             writer.write(t, frame, labels)
-    assert _count_video_frames(tmp_path / "overlay.mp4") == 6  # OpenCV alone keeps 3
+    assert count_video_frames(tmp_path / "overlay.mp4") == 6  # OpenCV alone keeps 3
     assert len(notices) == 1 and "48x32" in notices[0]
     assert read_mask(tmp_path / "masks" / "00001.png").shape == (64, 96)
 
@@ -273,7 +265,7 @@ def test_async_writer_writes_every_frame_in_order(tmp_path: Path) -> None:
     assert [int(r["frame"]) for r in rows] == list(range(7))
     for t in (0, 6):
         assert np.array_equal(read_mask(tmp_path / "masks" / f"{t:05d}.png"), _frame_and_labels(t)[1])
-    assert _count_video_frames(tmp_path / "overlay.mp4") == 7
+    assert count_video_frames(tmp_path / "overlay.mp4") == 7
 
 
 def test_async_writer_copies_the_labels_before_returning(tmp_path: Path) -> None:
@@ -304,7 +296,7 @@ def test_a_slow_writer_loses_nothing_on_close(tmp_path: Path) -> None:
     writer.close()
     assert len(list((tmp_path / "masks").glob("*.png"))) == 6
     assert len(open(tmp_path / "stats.csv").read().splitlines()) == 1 + 6
-    assert _count_video_frames(tmp_path / "overlay.mp4") == 6
+    assert count_video_frames(tmp_path / "overlay.mp4") == 6
 
 
 def test_an_error_in_the_writer_thread_is_one_line(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -75,7 +74,4 @@ def evaluate_command(
 
 
 def main() -> None:
-    # Idle OpenMP threads sleep instead of spinning (much faster on shared CPUs);
-    # set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     run_app(app, "eamstcn-eval")

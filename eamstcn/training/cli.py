@@ -6,12 +6,15 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from eamstcn.cli_errors import run_app, size_option
 from eamstcn.training.config import Phase, TrainConfig, preset
+
+if TYPE_CHECKING:  # the trainer (torch, albumentations) is imported only when a command runs
+    from eamstcn.training.trainer import DataSources
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train EamStcn (phase 1: stills, phase 2: video).")
 
@@ -52,7 +55,7 @@ FreezeBn = Annotated[Optional[bool], typer.Option(
 
 def _run(phase: Phase, data: list[Path], out: Path, preset_name: str, overrides: dict[str, object],
          resume: Path | None, init: Path | None, val: list[Path] | None, device: str | None,
-         weights: Path | None, quiet: bool, sources: "DataSources") -> None:
+         weights: Path | None, quiet: bool, sources: DataSources) -> None:
     from eamstcn.checkpoint import CheckpointError
     from eamstcn.network.backbone import BackboneError
     from eamstcn.training.layouts import LayoutError
@@ -107,10 +110,6 @@ app.command("phase2", help="Real videos in DAVIS-2016/2017 or YouTube-VOS 2018 l
 
 
 def main() -> None:
-    # Idle OpenMP threads must sleep, not spin: on a shared or small CPU, spinning threads
-    # made each step 5-10x slower (measured: 2.5 s -> 25 s per tiny step at load 7 on 2
-    # cores). Set before torch is imported (the trainer is imported lazily).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     run_app(app, "eamstcn-train")
 
 

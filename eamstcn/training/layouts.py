@@ -123,15 +123,16 @@ def find_all_videos(roots: list[Path], resolution: str | None = None, exclude: t
     """:func:`find_videos` over several folders (e.g. real video plus generated clips)."""
     videos = [replace(video, source=index) for index, root in enumerate(roots)
               for video in find_videos(root, resolution, exclude)]
-    missing = sorted(set(exclude) - {p.name for root in roots for p in _sequence_folders(root, resolution)})
+    missing = sorted(set(exclude) - {name for root in roots for name in sequence_names(root, resolution)})
     if missing:
         raise LayoutError(f"held-out sequence(s) not found in the training data: {', '.join(missing)}")
     return videos
 
 
-def _sequence_folders(root: Path, resolution: str | None) -> list[Path]:
+def sequence_names(root: str | Path, resolution: str | None = None) -> set[str]:
+    """Names of the sequence folders of a video layout (no frame or mask is listed)."""
     dirs = _video_dirs(Path(root), resolution)
-    return [] if dirs is None else [p for p in dirs[0].iterdir() if p.is_dir()]
+    return set() if dirs is None else {p.name for p in dirs[0].iterdir() if p.is_dir()}
 
 
 def resolution_of(root: str | Path, resolution: str | None = None) -> str:

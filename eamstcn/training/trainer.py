@@ -27,7 +27,7 @@ from eamstcn.network import EamStcn
 from eamstcn.training.config import TrainConfig
 from eamstcn.training.datasets import Augmentation, ClipDataset, StillClips, VideoClips
 from eamstcn.training.distributed import DistInfo, choose_device, init_distributed, local_rank_from_env, shutdown
-from eamstcn.training.layouts import find_all_videos, find_stills
+from eamstcn.training.layouts import find_all_videos, find_stills, sequence_names
 from eamstcn.training.loss import bootstrap_fraction, bootstrapped_cross_entropy, soft_dice_loss
 from eamstcn.training.regularisation import apply_regularisation
 from eamstcn.training.step import TrainWrapper
@@ -156,21 +156,14 @@ def train(
         val_roots = [] if val is None else [Path(val)] if isinstance(val, (str, Path)) else [Path(v) for v in val]
         val_sets: list[tuple[Path, list[str] | None]] = [(root, None) for root in val_roots]
         if sources.hold_out:
-            val_sets += [(root, held) for root in roots
-                         if (held := [n for n in sources.hold_out if _has_sequence(root, n, sources.resolution)])]
+            for root in roots:
+                names = sequence_names(root, sources.resolution)
+                if held := [name for name in sources.hold_out if name in names]:
+                    val_sets.append((root, held))
         return _train(config, roots, Path(out), resume, init, val_sets or None, torch_device, info, backbone_weights,
                       progress, stop_at, sources)
     finally:
         shutdown(info)
-
-
-def _has_sequence(root: Path, name: str, resolution: str | None) -> bool:
-    from eamstcn.training.layouts import find_videos
-
-    try:
-        return any(video.name == name for video in find_videos(root, resolution))
-    except ValueError:
-        return False
 
 
 def _train(
