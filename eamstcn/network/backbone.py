@@ -1,4 +1,4 @@
-"""EfficientNetV2 trunks from timm, cut after the stride-16 stage.
+"""EfficientNetV2 and EfficientNet-Lite trunks from timm, cut after the stride-16 stage.
 
 timm's ``features_only`` still builds the stride-32 stage (6.6 M parameters instead of
 1.8 M for B1), so we build the classification model and keep only the stem and the
@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from eamstcn.network.trunk_init import TrunkInit
 
 
 class BackboneError(ValueError):
@@ -37,7 +41,7 @@ def _feature_stages(model: nn.Module) -> dict[int, int]:
 
 
 class Trunk(nn.Module):
-    """Stem + blocks of an EfficientNetV2, returning the stride-4, 8 and 16 features.
+    """Stem + blocks of an EfficientNetV2 or EfficientNet-Lite, returning the stride-4, 8 and 16 features.
 
     Input (B, in_channels, H, W), H and W multiples of 16; outputs
     f4 (B, C4, H/4, W/4), f8 (B, C8, H/8, W/8), f16 (B, C16, H/16, W/16).
@@ -99,31 +103,16 @@ def _widen_stem(stem: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return wide
 
 
-def load_trunk_weights(trunk: Trunk, path: str | Path) -> list[str]:
-    """Load ImageNet weights (a timm state dict, ``.pth``/``.bin`` or ``.safetensors``).
+def load_trunk_state(trunk: Trunk, state: dict[str, torch.Tensor], label: str) -> list[str]:
+    """Load a timm-named ImageNet state dict into ``trunk`` (``label`` names it in errors).
 
     Keys for the parts we cut (stride-32 stage, head, classifier) are ignored. For a
     trunk with a wider stem (the value encoder) the RGB filters are copied and the extra
-    input channels are set to zero. Returns the trunk keys that the file lacked.
+    input channels are set to zero, so the pretrained RGB response is intact at the start.
+    Every tensor the trunk shares with the file must match in shape. Returns the trunk
+    keys that the file lacked.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BackboneError(f"backbone weights not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise BackboneError(f"cannot read backbone weights {path}: {error}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise BackboneError(f"{path} does not hold a state dict")
-    state = {key.removeprefix("module.").removeprefix("model."): value for key, value in state.items()}
-
+    state = dict(state)
     own = trunk.state_dict()
     stem_key = "conv_stem.weight"
     widenable = (
@@ -141,8 +130,22 @@ def load_trunk_weights(trunk: Trunk, path: str | Path) -> list[str]:
     usable = {key: value for key, value in state.items() if key in own}
     mismatched = [key for key, value in usable.items() if value.shape != own[key].shape]
     if mismatched:
-        raise BackboneError(f"{path} does not fit this backbone: shape mismatch at {mismatched[:3]}")
+        raise BackboneError(f"{label} does not fit this backbone: shape mismatch at {mismatched[:3]}")
     if not usable:
-        raise BackboneError(f"{path} holds no weights for this backbone")
+        raise BackboneError(f"{label} holds no weights for this backbone")
     trunk.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
+
+
+def load_trunk_weights(trunk: Trunk, backbone: str, spec: str | Path) -> "TrunkInit":
+    """Initialise ``trunk`` (built as ``backbone``) from ``spec``: ``imagenet``, ``none`` or
+    a file (timm, safetensors or efficientnet_pytorch layout). Returns where the weights
+    came from; a trunk the file leaves partly uncovered (other than the counters) is an error."""
+    from eamstcn.network.trunk_init import resolve_trunk_init
+
+    state, init = resolve_trunk_init(backbone, spec)
+    if state is not None:
+        missing = [key for key in load_trunk_state(trunk, state, init.source) if not key.endswith("num_batches_tracked")]
+        if missing:
+            raise BackboneError(f"{init.source} lacks {len(missing)} tensors of {backbone}, e.g. {missing[:2]}")
+    return init

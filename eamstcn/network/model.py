@@ -64,11 +64,12 @@ class EamStcn(nn.Module):
         return self.decoder(readout, f16x, f8, f4)
 
     def load_backbone_weights(self, key_weights: str | Path | None = None, value_weights: str | Path | None = None) -> None:
-        """Initialise either trunk from a local timm ImageNet state dict (no download)."""
+        """Initialise either trunk: ``imagenet``, ``none`` or a local weight file (timm,
+        safetensors or efficientnet_pytorch layout); see :mod:`eamstcn.network.trunk_init`."""
         if key_weights is not None:
-            load_trunk_weights(self.key_trunk, key_weights)
+            load_trunk_weights(self.key_trunk, self.config.key_backbone, key_weights)
         if value_weights is not None:
-            load_trunk_weights(self.value_trunk, value_weights)
+            load_trunk_weights(self.value_trunk, self.config.value_backbone, value_weights)
 
 
 def others_from_masks(masks: torch.Tensor) -> torch.Tensor:

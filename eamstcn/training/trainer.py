@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from eamstcn.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from eamstcn.network import EamStcn
+from eamstcn.network.backbone import load_trunk_weights
 from eamstcn.training.config import TrainConfig
 from eamstcn.training.datasets import Augmentation, ClipDataset, StillClips, VideoClips
 from eamstcn.training.distributed import DistInfo, choose_device, init_distributed, local_rank_from_env, shutdown
@@ -93,16 +94,19 @@ def _make_dataset(config: TrainConfig, data: list[Path], info: DistInfo, sources
                       reverse_p=config.reverse_p, **kwargs)
 
 
-def _initial_network(config: TrainConfig, init: Path | None, backbone_weights: Path | None) -> tuple[EamStcn, TrainConfig]:
-    """A fresh network, or one continued from ``init`` (its model config wins)."""
+def _initial_network(config: TrainConfig, init: Path | None) -> tuple[EamStcn, TrainConfig, dict[str, Any]]:
+    """A fresh network with its trunks initialised as ``config`` says, or one continued from
+    ``init`` (its model config and weights win). Also returns where the trunk weights came
+    from, for the checkpoint's metadata."""
     if init is not None:
         checkpoint = load_checkpoint(init)
         network = build_model(checkpoint, str(init))
-        return network, replace(config, model=checkpoint.config)
+        inherited = checkpoint.metadata.get("trunk_init")
+        return network, replace(config, model=checkpoint.config), {"from_checkpoint": str(init), "was": inherited}
     network = EamStcn(config.model)
-    if backbone_weights is not None:
-        network.load_backbone_weights(backbone_weights, backbone_weights)
-    return network, config
+    key = load_trunk_weights(network.key_trunk, config.model.key_backbone, config.key_init)
+    value = load_trunk_weights(network.value_trunk, config.model.value_backbone, config.value_init)
+    return network, config, {"key": key.to_dict(), "value": value.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,6 @@ def train(
     val: str | Path | list[Path] | None = None,
     sources: DataSources = DataSources(),
     device: str | None = None,
-    backbone_weights: str | Path | None = None,
     progress: bool = True,
     stop_at: int | None = None,
 ) -> TrainResult:
@@ -160,7 +163,7 @@ def train(
                 names = sequence_names(root, sources.resolution)
                 if held := [name for name in sources.hold_out if name in names]:
                     val_sets.append((root, held))
-        return _train(config, roots, Path(out), resume, init, val_sets or None, torch_device, info, backbone_weights,
+        return _train(config, roots, Path(out), resume, init, val_sets or None, torch_device, info,
                       progress, stop_at, sources)
     finally:
         shutdown(info)
@@ -175,7 +178,6 @@ def _train(
     val: list[tuple[Path, list[str] | None]] | None,
     device: torch.device,
     info: DistInfo,
-    backbone_weights: str | Path | None,
     progress: bool,
     stop_at: int | None,
     sources: DataSources = DataSources(),
@@ -188,7 +190,10 @@ def _train(
         init = None
     # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(config.seed)
-    network, config = _initial_network(config, Path(init) if init else None, backbone_weights)
+    if resume_state is not None:  # its weights are loaded below: no trunk initialisation
+        network, trunk_init = EamStcn(config.model), resume_state.metadata.get("trunk_init", {})
+    else:
+        network, config, trunk_init = _initial_network(config, Path(init) if init else None)
     apply_regularisation(network, config.bn_momentum, config.drop_path, config.expansion_drop_path)
     random.seed(config.seed + info.rank)
     np.random.seed(config.seed + info.rank)
@@ -241,7 +246,7 @@ def _train(
             }
             save_checkpoint(path, network, training, {
                 "train_config": config.to_dict(), "data": [str(root) for root in data],
-                "resolution": sources.resolution, "hold_out": list(sources.hold_out)})
+                "resolution": sources.resolution, "hold_out": list(sources.hold_out), "trunk_init": trunk_init})
 
     losses: list[float] = []
     wrapper.train()
