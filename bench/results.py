@@ -44,6 +44,7 @@ class BackendResult:
 
     backend: str
     status: str = "ok"
+    model: str = ""  # which network ran (bench.runner.describe_model): the same for every row of a run
     reason: str = ""
     device: str = ""
     precision: str = ""

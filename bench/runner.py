@@ -135,15 +135,45 @@ def _open(name: str, device: torch.device, engines_dir: Path | None, checkpoint:
     return open_engines(engines_dir=engines_dir, checkpoint=checkpoint, backend=backend, device=target, precision=precision)
 
 
-def _prepare(config: BenchConfig, device: torch.device, workdir: Path, notify: Notify) -> tuple[Path | None, Path | None, tuple[int, int]]:
-    """(checkpoint, engines folder, frame size): given, or built into ``workdir``."""
+def describe_model(checkpoint: Path | None, engines: Path | None, random_seed: int | None = None) -> str:
+    """Which network the bench ran, for the table, CSV and JSON: the bundled model by name,
+    a checkpoint or a bundle's source checkpoint by sha256, or the random-weight default."""
+    from eamstcn.fileio import file_sha256
+
+    if random_seed is not None:
+        return f"random-weight default B1/B1 (seed {random_seed}: speed and engine agreement only)"
+    if checkpoint is not None:
+        try:
+            digest = file_sha256(checkpoint)
+        except OSError:  # missing or unreadable: opening it says so in one line, later
+            return f"checkpoint {checkpoint}"
+        try:
+            from eamstcn.default_model import bundled_model
+
+            bundled = bundled_model(verify=False)
+            if bundled.sha256 == digest:
+                return f"bundled model {bundled.name} (sha256 {digest[:12]})"
+        except ValueError:
+            pass
+        return f"checkpoint {checkpoint.name} (sha256 {digest[:12]})"
+    if engines is not None:
+        from eamstcn.runtime.manifest import load_manifest
+
+        source = load_manifest(engines).raw.get("checkpoint") or {}
+        return f"engines {engines} (from {source.get('file', '?')}, sha256 {str(source.get('sha256', '?'))[:12]})"
+    return "unknown"
+
+
+def _prepare(config: BenchConfig, device: torch.device, workdir: Path, notify: Notify) -> tuple[Path | None, Path | None, tuple[int, int], str]:
+    """(checkpoint, engines folder, frame size, which model): given, or built into ``workdir``."""
     checkpoint = config.checkpoint
     size = config.size or ((480, 854) if device.type == "cuda" else (240, 432))
     if config.engines is not None:
         from eamstcn.runtime.manifest import load_manifest
 
         size = load_manifest(config.engines).frame_size
-        return checkpoint, config.engines, size
+        return checkpoint, config.engines, size, describe_model(checkpoint, config.engines)
+    model = describe_model(checkpoint, None) if checkpoint is not None else describe_model(None, None, config.seed)
     if checkpoint is None:
         from eamstcn.checkpoint import save_checkpoint
         from eamstcn.network import EamStcn
@@ -161,7 +191,7 @@ def _prepare(config: BenchConfig, device: torch.device, workdir: Path, notify: N
                      int8=_wants_int8(config, device)),
         progress=lambda message: notify(f"  export: {message}"),
     )
-    return checkpoint, engines_dir, size
+    return checkpoint, engines_dir, size, model
 
 
 def _clip(config: BenchConfig, size: tuple[int, int], count: int, objects: int) -> Clip:
@@ -286,7 +316,7 @@ def run_bench(config: BenchConfig, notify: Notify = lambda m: print(m, file=sys.
     if BASELINE not in requested:
         notify(f"note: {BASELINE} not requested: no speed-up or IoU agreement figures")
     with tempfile.TemporaryDirectory(prefix="eamstcn-bench-") as temp:
-        checkpoint, engines_dir, size = _prepare(config, device, Path(temp), notify)
+        checkpoint, engines_dir, size, model = _prepare(config, device, Path(temp), notify)
         clip = _clip(config, size, count, config.objects)
         memory = MemoryConfig(capacity=config.memory_frames)
         save = SaveConfig(mode=config.save)
@@ -301,7 +331,10 @@ def run_bench(config: BenchConfig, notify: Notify = lambda m: print(m, file=sys.
         sweeps = {}
         if config.sweep != "none":
             sweeps = _sweeps(config, [r.backend for r in results if r.status == "ok"], device, engines_dir, checkpoint, size, count, warmup, notify)
+    for result in results:
+        result.model = model
     header = {
+        "model": model,
         "device": device_name(device),
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
         "clip": f"{clip.name}, {len(clip.frames)} frames of {clip.frames.shape[1]}x{clip.frames.shape[2]}",

@@ -16,6 +16,7 @@ from eamstcn.bench.measure import mask_agreement
 from eamstcn.bench.results import BackendResult, StageTiming, percentile
 from eamstcn.checkpoint import save_checkpoint
 from eamstcn.config import TINY
+from eamstcn.fileio import file_sha256
 from eamstcn.network import EamStcn
 
 import numpy as np
@@ -40,7 +41,9 @@ def test_json_has_every_column_for_torch_and_onnxruntime(bench_run: tuple[Path, 
     assert result.exit_code == 0, result.output
     document = json.loads((folder / "b.json").read_text())
     rows = {row["backend"]: row for row in document["backends"]}
-    assert set(document["header"]) >= {"device", "versions", "size", "objects", "memory"}
+    assert set(document["header"]) >= {"model", "device", "versions", "size", "objects", "memory"}
+    assert document["header"]["model"].startswith("checkpoint tiny.pth (sha256 ")
+    assert result.output.startswith("model: checkpoint tiny.pth") or "\nmodel: checkpoint tiny.pth" in result.output
     for name in ("torch-fp32", "onnxruntime-cpu"):
         row = rows[name]
         assert row["status"] == "ok"
@@ -69,6 +72,8 @@ def test_csv_and_plot_are_written(bench_run: tuple[Path, object]) -> None:
         rows = list(csv.DictReader(stream))
     assert [row["backend"] for row in rows] == ["torch-fp32", "onnxruntime-cpu", "tensorrt-fp16"]
     assert "decoder_p90_ms" in rows[0]
+    digest = file_sha256(folder / "tiny.pth")[:12]
+    assert {row["model"] for row in rows} == {f"checkpoint tiny.pth (sha256 {digest})"}
     assert (folder / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -95,3 +100,12 @@ def test_mask_agreement_and_statistics() -> None:
     assert (timing.median_ms, timing.calls) == (2.0, 3)
     skipped = BackendResult.skipped("x", "why")
     assert math.isnan(skipped.fps) and skipped.flat(["decoder"])["decoder_median_ms"] != skipped.flat(["decoder"])["decoder_median_ms"]
+
+
+def test_bench_names_the_bundled_and_the_random_model(tmp_path: Path) -> None:
+    from eamstcn.bench.runner import describe_model
+    from eamstcn.default_model import bundled_model
+
+    assert describe_model(None, None, 7).startswith("random-weight default B1/B1 (seed 7")
+    bundled = bundled_model()
+    assert describe_model(bundled.path, None) == f"bundled model {bundled.name} (sha256 {bundled.sha256[:12]})"
