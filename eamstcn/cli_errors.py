@@ -9,26 +9,37 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from eamstcn import sizes
 
-__all__ = ["run_app", "size_option"]
+__all__ = ["missing_extra", "run_app", "size_option"]
+
+#: Optional libraries -> the extra that installs them (pyproject.toml), so a command that
+#: needs one on a runtime-only install says what to install instead of printing a traceback.
+EXTRAS = {
+    "timm": "model", "onnx": "model", "onnxslim": "model",
+    "albumentations": "train", "pandas": "train", "skimage": "train",
+    "matplotlib": "bench", "psutil": "bench",
+    "onnxruntime": "cpu", "cv2": "headless", "tensorrt": "trt",
+}
 
 
 def _click_exceptions() -> tuple[tuple[type[Exception], ...], tuple[type[BaseException], ...]]:
-    """(usage errors, aborts) of Click and of the copy of Click newer Typer versions vendor."""
-    usage: list[type[Exception]] = [click.UsageError]
-    abort: list[type[BaseException]] = [click.Abort]
-    try:
-        from typer._click import exceptions as vendored  # Typer >= 0.2x ships its own Click
-    except ImportError:
-        pass
-    else:
-        usage.append(vendored.UsageError)
-        if hasattr(vendored, "Abort"):
-            abort.append(vendored.Abort)
+    """(usage errors, aborts) as Typer raises them, without importing Click.
+
+    Typer >= 0.2x vendors its own Click and no longer depends on Click; older Typer
+    re-exports Click's classes. Either way ``typer.BadParameter`` derives from the
+    ``UsageError`` Typer's parser raises, and ``typer.Abort`` is its Abort. Importing
+    ``click`` here broke every command on the runtime-only install (issue 20). A Click
+    some other library already imported is honoured too, without importing it.
+    """
+    usage: list[type[Exception]] = [c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"]
+    abort: list[type[BaseException]] = [typer.Abort]
+    click = sys.modules.get("click")
+    if click is not None:
+        usage.append(click.UsageError)
+        abort.append(click.Abort)
     return tuple(usage), tuple(abort)
 
 
@@ -46,7 +57,23 @@ def run_app(app: typer.Typer, prog: str) -> None:
         code = 2
     except aborts:
         code = 130
+    except ModuleNotFoundError as error:
+        message = missing_extra(error, prog)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        code = 2
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def missing_extra(error: ModuleNotFoundError, prog: str) -> str | None:
+    """One line naming the extra to install for an optional library this install lacks;
+    None for any other missing module (that one is a bug, not the user's install)."""
+    root = (error.name or "").split(".")[0]
+    extra = EXTRAS.get(root)
+    if extra is None:
+        return None
+    return f"{prog} needs {root} for this, which this install lacks: pip install \"eamstcn[{extra}]\""
 
 
 def size_option(text: str | None, option: str, min_side: int = 16, max_side: int = 8192) -> tuple[int, int] | None:

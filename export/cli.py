@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from eamstcn.cli_errors import run_app
-from eamstcn.export.bundle import ExportConfig, ExportError, ExportResult, export_bundle, parse_size
+
+if TYPE_CHECKING:
+    from eamstcn.export.bundle import ExportResult
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -59,6 +62,7 @@ def _bundled_checkpoint() -> tuple[Path, tuple[int, int] | None]:
     """The bundled model's checkpoint and frame size, announced in one line; a missing or
     damaged one is an :class:`ExportError` (one line)."""
     from eamstcn.default_model import BundledModelError, BundledModelMissing, bundled_model
+    from eamstcn.export.bundle import ExportError
 
     try:
         model = bundled_model()
@@ -100,9 +104,13 @@ def export(
         0.98, "--int8-min-iou", help="INT8: keep graphs in fp32 until the masks agree with fp32's at this mean IoU (calibration clips)."
     ),
     int8_min_speedup: float = typer.Option(
-        1.5, "--int8-min-speedup", help="INT8: a graph whose INT8 file is less than this much faster than fp32 here stays fp32 (0: quantize all)."
+        1.1, "--int8-min-speedup", help="INT8: a graph whose INT8 file is less than this much faster than fp32 here stays fp32 (0: quantize all)."
     ),
 ) -> None:
+    # Imported here, not at the top: onnx and timm come with the `model` extra, and without
+    # them --help still works and the command says what to install (run_app).
+    from eamstcn.export.bundle import ExportConfig, ExportError, export_bundle, parse_size
+
     started = time.perf_counter()
     try:
         bundled_size = None

@@ -5,8 +5,51 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest_runtime import runtime_assets, write_mask  # noqa: F401
 
 BLOCKED = ("timm", "albumentations", "pandas", "skimage", "onnx", "onnxslim", "matplotlib")
+#: What `pip install ".[cpu,headless]"` lacks: the libraries above, plus click (typer 0.2x
+#: vendors its own and no longer brings it; the dev install gets it through timm's hub).
+RUNTIME_ONLY_MISSING = (*BLOCKED, "click", "psutil")
+#: The console scripts, by module; every one must start (at least --help) on that install.
+ENTRY_MODULES = {
+    "eamstcn-run": "eamstcn.runtime.cli",
+    "eamstcn-export": "eamstcn.export.cli",
+    "eamstcn-eval": "eamstcn.evaluation.cli",
+    "eamstcn-bench": "eamstcn.bench.cli",
+    "eamstcn-train": "eamstcn.training.cli",
+    "eamstcn-synth": "eamstcn.data.synth_cli",
+}
+
+#: Runs ``sys.argv[1]``'s ``main()`` with the rest as its arguments, those libraries blocked.
+_RUNTIME_ONLY = textwrap.dedent(
+    f"""
+    import importlib, sys
+    from importlib.abc import MetaPathFinder
+
+    class Block(MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {RUNTIME_ONLY_MISSING!r}:
+                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+    module, prog = sys.argv[1], sys.argv[2]
+    sys.argv = [prog, *sys.argv[3:]]
+    importlib.import_module(module).main()
+    """
+)
+
+
+def run_runtime_only(prog: str, *args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``prog args`` as on the runtime-only install (the missing libraries blocked)."""
+    command = [sys.executable, "-c", _RUNTIME_ONLY, ENTRY_MODULES[prog], prog, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def test_runtime_imports_without_training_libraries() -> None:
@@ -57,3 +100,52 @@ def test_importing_eamstcn_makes_idle_openmp_threads_sleep() -> None:
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
+
+
+@pytest.mark.parametrize("prog", sorted(ENTRY_MODULES))
+def test_every_cli_starts_on_the_runtime_only_install(prog: str) -> None:
+    result = run_runtime_only(prog, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("prog", "args", "library"),
+    [
+        ("eamstcn-export", ["--out", "never-written"], "onnx"),  # export needs the model extra
+        ("eamstcn-bench", ["--size", "64x64", "--frames", "4"], "timm"),
+    ],
+)
+def test_commands_needing_an_extra_say_which(prog: str, args: list[str], library: str, tmp_path: Path) -> None:
+    result = run_runtime_only(prog, *args, cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and library in lines[0] and "pip install" in lines[0], result.stderr
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_run_and_eval_work_on_the_runtime_only_install(runtime_assets, tmp_path: Path) -> None:  # noqa: F811
+    """Exported engines run through eamstcn-run (video) and eamstcn-eval with none of the
+    model, training or bench libraries (nor click) importable."""
+    from eamstcn.data.davis_io import write_frame
+    from eamstcn.data.synth import generate_sequence, write_video
+
+    clip = generate_sequence(seed=3, frames=4, height=64, width=64, objects=1)
+    video = write_video(tmp_path / "clip.mp4", clip.frames, fps=8)
+    mask = write_mask(tmp_path / "first.png", clip.masks[0])
+    result = run_runtime_only("eamstcn-run", "--video", video, "--mask", mask, "--engines", runtime_assets.engines,
+                              "--output", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 4
+
+    sequence = tmp_path / "davis" / "JPEGImages" / "480p" / "blob"
+    for t, frame in enumerate(clip.frames):
+        write_frame(sequence / f"{t:05d}.jpg", frame)
+    write_mask(tmp_path / "davis" / "Annotations" / "480p" / "blob" / "00000.png", clip.masks[0])
+    for t in range(1, len(clip.frames)):
+        write_mask(tmp_path / "davis" / "Annotations" / "480p" / "blob" / f"{t:05d}.png", clip.masks[t])
+    result = run_runtime_only("eamstcn-eval", "--data", tmp_path / "davis", "--engines", runtime_assets.engines,
+                              "--out", tmp_path / "eval", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "ALL" in result.stdout and "Traceback" not in result.stderr
