@@ -64,5 +64,7 @@ class OutputMaker:
         for row in range(1, probabilities.shape[0]):
             torch.gt(probabilities[row], best, out=wins)
             torch.maximum(best, probabilities[row], out=best)
-            labels.masked_fill_(wins, id_of_dense[row])
+            # where(), not masked_fill_(wins, 0-d tensor): masked_fill_ reads a tensor fill
+            # value back with .item(), a host sync per object per frame on CUDA.
+            torch.where(wins, id_of_dense[row], labels, out=labels)
         return labels

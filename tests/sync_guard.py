@@ -8,6 +8,11 @@ output shape depends on values (``nonzero``, ``unique``, ``masked_select``...).
 :class:`AllocationCounter` records every aten op that returns a tensor it did not write
 into: an op whose schema return carries no alias annotation (not ``out=``, not in-place,
 not a view) creates a new tensor. ``paused()`` excludes a region (an engine's insides).
+
+:func:`nested_host_reads` sees what the two modes above cannot: a host read made *inside*
+an aten kernel (``masked_fill_`` with a 0-d tensor value calls ``.item()`` in C++). A
+dispatch mode sees only the outermost op; the profiler's op observers see every op the
+dispatcher runs, nested or not.
 """
 
 from __future__ import annotations
@@ -74,6 +79,24 @@ def _is_tensor_type(kind: torch._C.JitType) -> bool:
 def forbid_host_reads() -> Iterator[None]:
     with _ForbidFunctions(), _ForbidDispatch():
         yield
+
+
+#: Ops that copy a tensor's value to the host (on CUDA, a sync each).
+HOST_READ_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::equal")
+
+
+class NestedHostReads:
+    """``with NestedHostReads() as reads:`` ... then ``reads.names``: host-read ops run
+    inside the block at any depth (profiler op events; CPU only, a few ms per frame)."""
+
+    def __enter__(self) -> NestedHostReads:
+        self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._profile.__exit__(*exc)
+        self.names = [event.name for event in self._profile.events() if event.name in HOST_READ_OPS]
 
 
 class AllocationCounter(TorchDispatchMode):

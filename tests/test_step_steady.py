@@ -18,7 +18,7 @@ from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.session import Session
 from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets  # noqa: F401
 from tests.gt_engines import GroundTruthEngines
-from tests.sync_guard import AllocationCounter, forbid_host_reads
+from tests.sync_guard import AllocationCounter, NestedHostReads, forbid_host_reads
 
 WARMUP = 3  # frame 0, the first steady frame (allocates its output view), the first store
 
@@ -43,9 +43,11 @@ def _guarded_run(session: Session, frames: list[torch.Tensor], mask: torch.Tenso
         if t < WARMUP:
             session.step(frame, mask if t == 0 else None)
             continue
-        with forbid_host_reads(), counter:
+        with NestedHostReads() as nested, forbid_host_reads(), counter:
             probs = session.step(frame, is_last=t == len(frames) - 1)
             session.labels(probs)
+        # Host reads inside aten kernels (masked_fill_ with a tensor value...) too.
+        assert nested.names == [], f"frame {t}: {nested.names}"
         pointers.append(probs.data_ptr())
     return pointers
 
