@@ -70,6 +70,7 @@ def segment(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")] = None,
 ) -> None:
     """Segment the objects of the first-frame mask through a live feed or a video."""
+    frame_size = size_option(size, "--size")  # a usage error: one line, exit 2 (outside the catch-all below)
     try:
         _check_values(memory_frames, top_k, save_every, max_frames)
         if demo:
@@ -95,7 +96,7 @@ def segment(
             output=output,
             show=show,
             max_frames=max_frames,
-            frame_size=size_option(size, "--size"),
+            frame_size=frame_size,
         )
         summary = run(options)
     except USER_ERRORS as error:

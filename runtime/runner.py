@@ -11,6 +11,7 @@ path (Ctrl-C included), so what was segmented is kept.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import torch
 
 from eamstcn.data.davis_io import MaskError, MaskFile, read_user_mask
 from eamstcn.default_model import BundledModelError, BundledModelMissing, bundled_model
+from eamstcn.fileio import non_utf8_path, output_problem
 from eamstcn.graph_spec import STRIDE
 from eamstcn.ops import padded_size
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
@@ -249,13 +251,14 @@ def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:
 
 def _check_output(output: Path) -> None:
     """The output must be a folder, or a path where one can be made."""
-    if output.exists() and not output.is_dir():
+    shown = non_utf8_path(output)
+    if shown is not None:  # OpenCV's video writer would crash on it after the first mask was written
+        raise RunError(f"--output {shown}: the name is not valid UTF-8, which OpenCV cannot write to; choose another name")
+    if os.path.lexists(output) and not os.path.isdir(output):  # os.path: no OSError on a name too long
         raise RunError(f"--output {output} is a file: give a folder (it will hold masks/, overlay.mp4 and stats.csv)")
-    for parent in output.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise RunError(f"--output {output}: {parent} is a file, not a folder")
-            break
+    problem = output_problem(output)  # a name too long, a file on the way, a parent not writable
+    if problem is not None:
+        raise RunError(f"--output {output}: {problem}")
 
 
 # --------------------------------------------------------------------------- the run

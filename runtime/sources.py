@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from eamstcn.data.davis_io import FRAME_EXTENSIONS, read_frame
+from eamstcn.fileio import non_utf8_path
 
 
 class SourceError(ValueError):
@@ -183,8 +184,13 @@ def open_source(
     if frames is not None:
         return _folder_source(Path(frames))
     if camera is not None:
+        if isinstance(camera, bool) or camera < 0:  # OpenCV segfaults on a negative index
+            raise SourceError(f"--camera takes a camera index: 0, 1, ... (got {camera})")
         return _capture_source(camera, f"camera {camera}", True, retries, retry_wait, notify, capture_factory)
     text = str(video)
+    shown = non_utf8_path(text)
+    if shown is not None:
+        raise SourceError(f"--video {shown}: the name is not valid UTF-8, which OpenCV cannot open; rename the file")
     if is_stream_url(text):
         return _capture_source(text, text, True, retries, retry_wait, notify, capture_factory)
     path = Path(text)

@@ -97,9 +97,9 @@ def test_eval_errors_are_one_line(checkpoint: Path, davis2017: Path, tmp_path: P
     assert result.exit_code == 2 and "--checkpoint" in result.output
     result = runner.invoke(app, ["--data", str(davis2017), "--checkpoint", str(checkpoint), "--sequences", "nope",
                                  "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "nope" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "nope" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["--data", str(davis2017), "--checkpoint", str(tmp_path / "missing.pth")])
-    assert result.exit_code == 1 and "not found" in result.output
+    assert result.exit_code == 2 and "not found" in result.output
     result = runner.invoke(app, ["--data", str(davis2017), "--checkpoint", str(checkpoint), "--size", "big"])
     assert result.exit_code != 0 and "HxW" in result.output
 

@@ -27,7 +27,7 @@ def evaluate_command(
     backend: Annotated[str, typer.Option("--backend", help="auto, torch, onnxruntime or tensorrt.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32, fp16 (CUDA) or int8 (CPU, from eamstcn-export --int8).")] = "auto",
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda; default CUDA if available.")] = None,
-    resolution: Annotated[str, typer.Option("--resolution")] = "480p",
+    resolution: Annotated[Optional[str], typer.Option("--resolution", help="DAVIS resolution folder (default 480p, else Full-Resolution, else the only one).")] = None,
 ) -> None:
     """Segment every sequence with the per-frame session and score J, F and J&F."""
     from eamstcn.evaluation.run_eval import EvalOptions, evaluate
@@ -62,7 +62,7 @@ def evaluate_command(
         raise
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None  # user errors exit 2, as usage errors do
     typer.echo(f"{'sequence':<24} {'J&F':>6} {'J':>6} {'F':>6} {'frames':>6} {'stored':>6} {'FPS':>7}")
     for row in report.rows():
         typer.echo(f"{row['Sequence']:<24} {row['J&F']:6.1f} {row['J']:6.1f} {row['F']:6.1f} "

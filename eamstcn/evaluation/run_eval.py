@@ -17,9 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eamstcn.graph_spec import STRIDE
+from eamstcn.ops import padded_size
+
 from eamstcn.data.davis_io import frame_paths, list_sequences, load_sequence, write_indexed_png
 from eamstcn.evaluation.davis_eval import EvalResult, evaluate_predictions
+from eamstcn.fileio import output_problem
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot start or whose outputs cannot be written; one line."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,8 @@ class EvalOptions:
     save: SaveConfig = field(default_factory=SaveConfig)
     size: tuple[int, int] | None = None  # (H, W) frames are resized to (torch backend); None: native
     sequences: tuple[str, ...] | None = None
-    resolution: str = "480p"
+    #: DAVIS resolution folder; None: 480p, else Full-Resolution, else the only one (as train).
+    resolution: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,12 @@ def evaluate(options: EvalOptions, notify: Callable[[str], None] = print) -> Eva
     from eamstcn.runtime.engines.factory import open_engines
     from eamstcn.runtime.session import DEFAULT_MAX_OBJECTS, Session
 
-    names = list(options.sequences) if options.sequences else list_sequences(options.data, options.resolution)
-    known = set(list_sequences(options.data, options.resolution))
+    problem = output_problem(options.out)  # before any sequence runs, not after all of them
+    if problem is not None:
+        raise EvalError(f"--out {options.out}: {problem}")
+    resolution = _resolution(options.data, options.resolution)
+    names = list(options.sequences) if options.sequences else list_sequences(options.data, resolution)
+    known = set(list_sequences(options.data, resolution))
     missing = [n for n in names if n not in known]
     if missing:
         raise FileNotFoundError(f"sequences not in {options.data}: {', '.join(missing)}")
@@ -135,12 +148,14 @@ def evaluate(options: EvalOptions, notify: Callable[[str], None] = print) -> Eva
     try:
         warmed = False
         for name in names:
-            frames, masks = load_sequence(options.data, name, options.resolution)
+            frames, masks = load_sequence(options.data, name, resolution)
             first = masks[0]
             if first is None:
                 raise ValueError(f"{name}: the first frame has no annotation")
             objects = int(np.count_nonzero(np.unique(first)))
             limit = engines.manifest.max_objects or max(DEFAULT_MAX_OBJECTS, objects)
+            if not warmed:
+                _check_top_k(options.memory, engines.manifest.padded_size or padded_size(*(options.size or frames.shape[1:3]), STRIDE))
             session = Session(engines, options.memory, options.save, max_objects=limit)
             if not warmed:
                 # One untimed pass over a few frames: first calls pay for allocations.
@@ -148,15 +163,54 @@ def evaluate(options: EvalOptions, notify: Callable[[str], None] = print) -> Eva
                 session.reset()
                 warmed = True
             predicted, seconds = _segment(session, frames, first)
-            stems = [p.stem for p in frame_paths(options.data, name, options.resolution)]
-            for stem, labels in zip(stems, predicted):
-                write_indexed_png(options.out / name / f"{stem}.png", labels)
+            stems = [p.stem for p in frame_paths(options.data, name, resolution)]
+            _write_masks(options.out / name, stems, predicted, runs)
             runs.append(SequenceRun(name, objects, len(frames), session.stored_frames, seconds))
             notify(f"{name}: {len(frames)} frames, {session.stored_frames} stored, {runs[-1].fps:.1f} FPS")
     finally:
         description = engines.describe()
         engines.close()
-    result = evaluate_predictions(options.data, options.out, names, options.resolution)
+    result = evaluate_predictions(options.data, options.out, names, resolution)
     report = EvalReport(runs, result, description)
-    report.write(options.out)
+    try:
+        report.write(options.out)
+    except OSError as error:
+        raise EvalError(f"writing the tables to {options.out} failed: {error.strerror or error} "
+                        f"(the {len(runs)} sequences' masks are in {options.out})") from None
     return report
+
+
+def _resolution(root: Path, resolution: str | None) -> str:
+    """The DAVIS resolution folder, picked as ``eamstcn-train`` picks it."""
+    if resolution is not None:
+        return resolution
+    from eamstcn.training.layouts import LayoutError, _resolution_folder  # standard library + davis_io only
+
+    images, annotations = Path(root) / "JPEGImages", Path(root) / "Annotations"
+    if not images.is_dir() or not annotations.is_dir():
+        raise FileNotFoundError(f"not a DAVIS dataset: {images} or {annotations} is missing")
+    try:
+        return _resolution_folder(images, annotations, None) or "480p"
+    except LayoutError as error:
+        raise EvalError(str(error)) from None
+
+
+def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:
+    """The same bound as ``eamstcn-run``: k above the memory's positions is a mistake."""
+    from eamstcn.runtime.runner import RunError, _check_top_k as check
+
+    try:
+        check(memory, padded)
+    except RunError as error:
+        raise EvalError(str(error)) from None
+
+
+def _write_masks(folder: Path, stems: list[str], predicted: np.ndarray, runs: list[SequenceRun]) -> None:
+    """One sequence's palette PNGs (each atomic); a full disk is one line naming what is kept."""
+    for stem, labels in zip(stems, predicted):
+        try:
+            write_indexed_png(folder / f"{stem}.png", labels)
+        except OSError as error:
+            done = ", ".join(run.name for run in runs) or "none"
+            raise EvalError(f"writing {folder / stem}.png failed: {error.strerror or error} "
+                            f"(sequences written in full: {done})") from None
