@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from eamstcn.graph_spec import GRAPHS
 from eamstcn.runtime.engines import factory
 from eamstcn.runtime.engines.base import EngineError, EngineSet
 from eamstcn.runtime.engines.factory import duplicate_installs, open_engines
@@ -28,6 +29,9 @@ def test_precision_int8_opens_the_int8_files(int8_bundle: Path) -> None:
     with open_engines(int8_bundle, precision="int8", device="cpu") as engines:
         assert (engines.backend, engines.precision, engines.dtype) == ("onnxruntime", "int8", torch.float32)
         assert "int8 engines run on ONNX Runtime's CPU provider" in engines.reason
+        fp32 = json.loads((int8_bundle / "manifest.json").read_text())["int8"]["fp32_graphs"]
+        int8 = [name for name in GRAPHS if name not in fp32]
+        assert f"INT8 graphs: {', '.join(int8) or 'none'}" in engines.reason
     with open_engines(int8_bundle, device="cpu") as engines:  # auto stays fp32, and says int8 exists
         assert engines.precision == "fp32" and "--precision int8" in engines.reason
 
@@ -197,3 +201,12 @@ def test_runtimes_and_opencv_flavours_are_exclusive_extras() -> None:
     conflicts = project["tool"]["uv"]["conflicts"]
     assert [{"extra": "cpu"}, {"extra": "gpu"}] in conflicts and [{"extra": "headless"}, {"extra": "gui"}] in conflicts
     assert 'pip install -e ".[dev]"' in (ROOT / ".ci" / "run").read_text()
+
+
+def test_int8_graphs_line_names_what_stays_fp32() -> None:
+    from eamstcn.runtime.engines.factory import int8_graphs_line
+
+    raw = {"int8": {"fp32_graphs": ["key_encoder"], "fp32_reasons": {"key_encoder": "INT8 only 1.05x as fast here"}}}
+    assert int8_graphs_line(raw) == ("INT8 graphs: value_encoder, decoder; "
+                                     "kept in fp32: key_encoder (INT8 only 1.05x as fast here)")
+    assert int8_graphs_line({"int8": {"fp32_graphs": []}}) == "INT8 graphs: key_encoder, value_encoder, decoder"

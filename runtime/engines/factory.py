@@ -111,6 +111,7 @@ def _open(
             if "int8" not in manifest.precisions("onnx"):
                 raise EngineError("the engine bundle has no int8 ONNX files: re-export with `eamstcn-export --checkpoint best.pth --int8`")
             engines = open_onnxruntime_engines(manifest, dev, "int8", reason)
+            engines.reason = f"{engines.reason}; {int8_graphs_line(manifest.raw)}"
             return _warn(engines, duplicate_installs() + _saturation(engines))
         available = manifest.precisions("onnx") - {"int8"} if dev.type == "cuda" else {"fp32"}
         engines = open_onnxruntime_engines(manifest, dev, _precision(precision, dev, available), reason)
@@ -143,6 +144,19 @@ def duplicate_installs(installed: Callable[[str], bool] | None = None) -> list[s
         for first, second in EXCLUSIVE
         if installed(first) and installed(second)
     ]
+
+
+def int8_graphs_line(raw_manifest: dict) -> str:
+    """Which graphs of an int8 bundle really run in INT8, and why the others stay fp32
+    (the export keeps a graph fp32 when INT8 is too little faster or moves the masks)."""
+    from eamstcn.graph_spec import GRAPHS
+
+    section = raw_manifest.get("int8") or {}
+    fp32 = [name for name in GRAPHS if name in (section.get("fp32_graphs") or [])]
+    int8 = [name for name in GRAPHS if name not in fp32]
+    reasons = section.get("fp32_reasons") or {}
+    kept = ", ".join(f"{name} ({reasons[name]})" if name in reasons else name for name in fp32)
+    return f"INT8 graphs: {', '.join(int8) or 'none'}" + (f"; kept in fp32: {kept}" if fp32 else "")
 
 
 def _saturation(engines: EngineSet) -> list[str]:
