@@ -39,13 +39,20 @@ class SavePolicy:
     session), then :meth:`decide` (or :meth:`should_save`) for t = 1, 2, ... in order.
     The frame counter lives on the device, so a captured CUDA graph of :meth:`decide`
     replays correctly.
+
+    Every buffer is allocated once, the per-object ones for ``max_objects`` (default
+    ``num_objects``) rows, and later streams and object counts reuse them (``copy_``,
+    views of the leading rows): a CUDA graph captured over :meth:`decide` keeps reading
+    valid memory across :meth:`reset` and changes of K. Only more than ``max_objects``
+    objects reallocates (and then graphs captured before must not be replayed).
     """
 
-    def __init__(self, config: SaveConfig, num_objects: int) -> None:
+    def __init__(self, config: SaveConfig, num_objects: int, max_objects: int | None = None) -> None:
         if num_objects < 1:
             raise ValueError(f"num_objects must be >= 1, got {num_objects}")
         self.config = config
         self._num_objects = num_objects
+        self._max_objects = max(max_objects or num_objects, num_objects)
         self._buffers_ready = False
         self._counters_ready = False
         self.reset()
@@ -70,13 +77,14 @@ class SavePolicy:
         """Objects added mid-stream: their previous mask counts as all zeros."""
         if num_objects < 1:
             raise ValueError(f"num_objects must be >= 1, got {num_objects}")
-        if self._buffers_ready and num_objects != self._num_objects:
-            old = self._prev_probs
-            self._prev_probs = old.new_zeros((num_objects, *old.shape[1:]))
-            kept = min(num_objects, old.shape[0])
-            self._prev_probs[:kept].copy_(old[:kept])
-            self._mask_work = torch.empty_like(self._prev_probs)
+        old_objects = self._num_objects
+        if self._buffers_ready and num_objects > self._prev_probs_rows.shape[0]:
+            self._grow_object_rows(num_objects)
+        self._max_objects = max(self._max_objects, num_objects)
         self._num_objects = num_objects
+        if self._buffers_ready and num_objects != old_objects:
+            self._prev_probs_rows[old_objects:num_objects].zero_()  # new objects: empty previous mask
+            self._view_object_rows()
         if self._counters_ready:
             self._load_trigger_table()
 
@@ -91,8 +99,14 @@ class SavePolicy:
             counter.zero_()
         if self.config.mode == "fixed":
             return
-        if not self._buffers_ready or self._prev_image.shape != image.shape or self._prev_probs.shape != probs.shape:
+        if (
+            not self._buffers_ready
+            or self._prev_image.shape != image.shape
+            or self._prev_probs_rows.shape[1:] != probs.shape[1:]
+            or self._prev_probs_rows.shape[0] < probs.shape[0]
+        ):
             self._allocate(image, probs)
+        self._view_object_rows()
         self._prev_image.copy_(image)
         self._prev_probs.copy_(probs)
 
@@ -193,6 +207,9 @@ class SavePolicy:
         self._rocs_exist = torch.zeros((), **boolean)
         self._holds = torch.empty(5, **boolean)
         self._compared = torch.empty(5, **boolean)
+        # The trigger rows (5, 3): rewritten in place when K changes, never reallocated.
+        self._trigger_table = torch.empty(5, 3, device=device, dtype=torch.float32)
+        self._mask_above, self._mask_below, self._image_above = self._trigger_table.unbind(dim=1)
         stat = {"device": device, "dtype": torch.float32}
         self._image_diff, self._prev_image_diff, self._image_roc = (torch.zeros((), **stat) for _ in range(3))
         self._mask_diff, self._prev_mask_diff, self._mask_roc = (torch.zeros((), **stat) for _ in range(3))
@@ -204,15 +221,28 @@ class SavePolicy:
         self._prev_image = torch.empty_like(image)
         self._image_work = torch.empty_like(image)
         self._image_sum = image.new_empty(image.shape[1:])
-        self._prev_probs = torch.empty_like(probs)
-        self._mask_work = torch.empty_like(probs)
+        rows = max(self._max_objects, probs.shape[0])
+        self._prev_probs_rows = probs.new_zeros((rows, *probs.shape[1:]))
+        self._mask_work_rows = probs.new_empty((rows, *probs.shape[1:]))
         self._mask_sum = probs.new_empty(probs.shape[1:])
         self._buffers_ready = True
+        self._view_object_rows()
+
+    def _grow_object_rows(self, rows: int) -> None:
+        """More objects than allocated for (standalone use; the session never gets here)."""
+        old = self._prev_probs_rows
+        self._prev_probs_rows = old.new_zeros((rows, *old.shape[1:]))
+        self._prev_probs_rows[: old.shape[0]].copy_(old)
+        self._mask_work_rows = torch.empty_like(self._prev_probs_rows)
+
+    def _view_object_rows(self) -> None:
+        """(K, H, W) views of the leading rows: the same addresses for every K."""
+        self._prev_probs = self._prev_probs_rows[: self._num_objects]
+        self._mask_work = self._mask_work_rows[: self._num_objects]
 
     def _load_trigger_table(self) -> None:
         rows = torch.tensor(_trigger_rows(self.config, self._num_objects), dtype=torch.float32)
-        rows = rows.to(self._frame.device)
-        self._mask_above, self._mask_below, self._image_above = rows.unbind(dim=1)
+        self._trigger_table.copy_(rows)  # outside steady frames (K changes, frame 0)
 
     def _check(self, image: torch.Tensor, probs: torch.Tensor) -> None:
         if image.dim() != 3 or image.shape[0] != 3:

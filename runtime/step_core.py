@@ -135,7 +135,7 @@ class StepCore:
         config = engines.manifest.model_config
         height, width = geometry.latent
         self.bank = MemoryBank(memory, config.key_dim, config.value_dim, height, width, max_objects, device=self.device, dtype=self.dtype)
-        self.policy = SavePolicy(save, 1)
+        self.policy = SavePolicy(save, 1, max_objects=max_objects)
         flag = {"device": self.device, "dtype": torch.bool}
         #: A store phase is due (the last frame was steady and not the last of its file).
         self.due = torch.zeros((), **flag)
