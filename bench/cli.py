@@ -82,6 +82,8 @@ def bench(
         raise typer.BadParameter("choose fixed or adaptive", param_hint="'--save'")
     if sweep not in ("none", "memory", "objects", "both"):
         raise typer.BadParameter("choose none, memory, objects or both", param_hint="'--sweep'")
+    outputs = (("csv", csv_path), ("json", json_path), ("plot", plot))
+    _check_outputs(outputs)
     try:
         config = BenchConfig(
             checkpoint=checkpoint, engines=engines, video=video, frames_dir=frames, mask=mask, size=_size(size),
@@ -94,20 +96,46 @@ def bench(
         report = run_bench(config, notify=_timestamped(time.perf_counter()))
     except ValueError as error:  # every user-caused error type in eamstcn is a ValueError
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None  # user errors exit 2, as usage errors do
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
     typer.echo(format_table(report.header, report.results))
-    if csv_path:
-        write_csv(csv_path, report.results)
-    if json_path:
-        write_json(json_path, report.header, report.results, report.sweeps)
-    if plot:
-        write_plot(plot, report.header, report.results, report.sweeps)
-    for label, path in (("csv", csv_path), ("json", json_path), ("plot", plot)):
-        if path:
+    writers = {
+        "csv": lambda path: write_csv(path, report.results),
+        "json": lambda path: write_json(path, report.header, report.results, report.sweeps),
+        "plot": lambda path: write_plot(path, report.header, report.results, report.sweeps),
+    }
+    failed = False
+    for label, path in outputs:  # one failure loses neither the table above nor the other files
+        if not path:
+            continue
+        try:
+            writers[label](path)
+        except OSError as error:
+            failed = True
+            typer.echo(f"error: writing --{label} {path} failed: {error.strerror or error}", err=True)
+        else:
             print(f"wrote {label}: {path}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(2)
+
+
+def _check_outputs(outputs: tuple[tuple[str, Path | None], ...]) -> None:
+    """Every output file writable before minutes of measuring, and matplotlib there for --plot."""
+    from eamstcn.fileio import output_problem
+
+    for label, path in outputs:
+        problem = None if path is None else output_problem(path, folder=False)
+        if problem is not None:
+            typer.echo(f"error: --{label} {path}: {problem}", err=True)
+            raise typer.Exit(2)
+    if dict(outputs)["plot"]:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            typer.echo('error: --plot needs matplotlib, which this install lacks: pip install "eamstcn[bench]"', err=True)
+            raise typer.Exit(2)
 
 
 def main() -> None:

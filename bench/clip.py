@@ -35,10 +35,14 @@ def generated_clip(height: int, width: int, frames: int, objects: int, seed: int
 
 def footage_clip(video: str | None, frames_dir: Path | None, mask: Path | None, count: int) -> Clip:
     """Up to ``count`` frames of real footage; ``mask`` is the first frame's mask (a centred
-    ellipse when none is given: speed does not depend on what is marked)."""
+    ellipse when none is given: speed does not depend on what is marked). The mask is read
+    and checked as ``eamstcn-run`` reads it: a lossy (JPEG) or anti-aliased mask and another
+    aspect ratio are refused, the same aspect ratio at another size is resized."""
     import cv2
 
-    from eamstcn.data.davis_io import read_mask
+    from eamstcn.data.davis_io import read_user_mask
+    from eamstcn.fileio import non_utf8_path
+    from eamstcn.runtime.runner import fit_mask
 
     images: list[np.ndarray] = []
     if frames_dir is not None:
@@ -51,6 +55,8 @@ def footage_clip(video: str | None, frames_dir: Path | None, mask: Path | None, 
         name = str(frames_dir)
     else:
         assert video is not None
+        if non_utf8_path(video) is not None:  # OpenCV crashes on such a name
+            raise ClipError(f"--video {non_utf8_path(video)}: the name is not valid UTF-8, which OpenCV cannot open; rename the file")
         if "://" not in video and not Path(video).is_file():
             raise ClipError(f"video not found: {video}")
         capture = cv2.VideoCapture(video)
@@ -68,9 +74,7 @@ def footage_clip(video: str | None, frames_dir: Path | None, mask: Path | None, 
         first = np.zeros((height, width), np.uint8)
         cv2.ellipse(first, (width // 2, height // 2), (width // 6, height // 5), 0, 0, 360, 1, -1)
     else:
-        first = read_mask(mask)
-        if first.shape != (height, width):
-            first = cv2.resize(first, (width, height), interpolation=cv2.INTER_NEAREST)
+        first = fit_mask(read_user_mask(mask).ids, (height, width), str(mask), notify=lambda message: None)
     if not first.any():
         raise ClipError(f"mask {mask} marks no object")
     return Clip(np.stack(images), first, name)

@@ -43,7 +43,7 @@ def format_table(header: dict[str, Any], results: list[BackendResult]) -> str:
                 _number(result.peak_device_mb, 0),
             ]
         )
-    widths = [max(len(columns[i]), *(len(row[i]) for row in rows if len(row) == len(columns))) for i in range(len(columns))]
+    widths = [max([len(columns[i]), *(len(row[i]) for row in rows if len(row) == len(columns))]) for i in range(len(columns))]  # a list: every row may be a skipped one
     lines.append("")
     lines.append("  ".join(name.rjust(width) for name, width in zip(columns, widths)))
     for row in rows:

@@ -316,8 +316,12 @@ def run_bench(config: BenchConfig, notify: Notify = lambda m: print(m, file=sys.
     if BASELINE not in requested:
         notify(f"note: {BASELINE} not requested: no speed-up or IoU agreement figures")
     with tempfile.TemporaryDirectory(prefix="eamstcn-bench-") as temp:
+        # Real footage and its mask first: a bad --video or --mask is found in a second, not
+        # after minutes of export and calibration (footage does not depend on the size).
+        footage = config.video is not None or config.frames_dir is not None
+        clip = footage_clip(config.video, config.frames_dir, config.mask, count) if footage else None
         checkpoint, engines_dir, size, model = _prepare(config, device, Path(temp), notify)
-        clip = _clip(config, size, count, config.objects)
+        clip = clip or _clip(config, size, count, config.objects)
         memory = MemoryConfig(capacity=config.memory_frames)
         save = SaveConfig(mode=config.save)
         names = requested

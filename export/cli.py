@@ -126,7 +126,7 @@ def export(
         result = export_bundle(config, progress=_say(started))
     except ExportError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: no bundle was written", err=True)
         raise typer.Exit(code=130) from None

@@ -18,6 +18,9 @@ import typer
 from eamstcn.cli_errors import run_app, size_option
 from eamstcn.runtime import quiet_opencv  # noqa: F401  (before anything opens a video)
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
+from eamstcn.runtime.lost import DEFAULT_LOST_AFTER
+from eamstcn.runtime.marking import parse_add_box
+from eamstcn.runtime.prompts import parse_box, parse_point
 from eamstcn.runtime.runner import USER_ERRORS, RunError, RunOptions, parse_add_mask, run
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -50,6 +53,11 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @app.command()
 def segment(
     mask: Annotated[Optional[Path], typer.Option("--mask", help="First-frame mask: palette PNG, 0/255 binary or RGB colour-coded.")] = None,
+    box: Annotated[Optional[list[str]], typer.Option("--box", help="X,Y,W,H around an object in the first frame (pixels, as cv2.selectROI gives); repeatable: ids 1, 2, ... in order. Instead of --mask.")] = None,
+    point: Annotated[Optional[list[str]], typer.Option("--point", help="X,Y on an object in the first frame; repeatable, ids after the boxes'. Instead of --mask.")] = None,
+    add_box: Annotated[Optional[list[str]], typer.Option("--add-box", help="FRAME:X,Y,W,H adds an object at that frame; FRAME:X,Y,W,H:ID re-marks object ID (repeatable).")] = None,
+    snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="Write the source's first frame to this .jpg/.png and exit (to paint a mask with your own tools).")] = None,
+    lost_after: Annotated[int, typer.Option("--lost-after", help="Report an object lost when its mask stays empty this many frames (with --output; 0: never).")] = DEFAULT_LOST_AFTER,
     demo: Annotated[bool, typer.Option("--demo", help="Segment a generated clip with the bundled model; outputs in --output (default ./eamstcn-demo).")] = False,
     camera: Annotated[Optional[int], typer.Option("--camera", help="Camera index.")] = None,
     video: Annotated[Optional[str], typer.Option("--video", help="Video file, or rtsp:// / http:// stream URL.")] = None,
@@ -78,10 +86,17 @@ def segment(
                 raise RunError("--demo brings its own clip and first mask: drop --mask, --add-mask and the source")
             _run_demo(output, checkpoint, engines, backend.value, device)
             return
-        if mask is None:
-            raise RunError("--mask is required: the first frame's mask (or try --demo)")
+        if snapshot is not None:
+            _snapshot(snapshot, camera, video, frames)
+            return
+        if lost_after < 0:
+            raise RunError(f"--lost-after must be 0 (never) or more, got {lost_after}")
         options = RunOptions(
             mask=mask,
+            boxes=tuple(parse_box(text) for text in box or []),
+            points=tuple(parse_point(text) for text in point or []),
+            add_boxes=tuple(parse_add_box(text) for text in add_box or []),
+            lost_after=lost_after,
             camera=camera,
             video=video,
             frames=frames,
@@ -114,6 +129,12 @@ def segment(
         typer.echo(f"outputs: {output}")
     if summary.interrupted:
         raise typer.Exit(130)
+
+
+def _snapshot(path: Path, camera: int | None, video: str | None, frames: Path | None) -> None:
+    from eamstcn.runtime.snapshot import write_snapshot
+
+    typer.echo(f"snapshot: {write_snapshot(path, camera, video, frames)}")
 
 
 def _run_demo(output: Path | None, checkpoint: Path | None, engines: Path | None, backend: str, device: str | None) -> None:

@@ -32,9 +32,13 @@ from eamstcn.ops import padded_size
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.base import EngineError, EngineSet
 from eamstcn.runtime.engines.factory import open_engines
+from eamstcn.runtime.lost import DEFAULT_LOST_AFTER, LostObjects
+from eamstcn.runtime.marking import AddBox, box_ids, first_ids, plan_box_ids, write_first_mask
 from eamstcn.runtime.manifest import EXPORT_HINT, ManifestError
+from eamstcn.runtime.prompts import Box, Point, PromptError
+from eamstcn.runtime.window import Window, WindowError
 from eamstcn.runtime.session import DEFAULT_MAX_OBJECTS, Session, SessionError
-from eamstcn.runtime.sinks import AsyncOutputWriter, Display, OutputError, OutputWriter
+from eamstcn.runtime.sinks import AsyncOutputWriter, Display, OutputError, OutputWriter, overlay
 from eamstcn.runtime.sources import FrameUploader, SourceError, open_source
 
 DEFAULT_ENGINES = Path("engines")
@@ -50,14 +54,17 @@ class RunError(ValueError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     RunError, SourceError, ManifestError, EngineError, MaskError, SessionError, OutputError, BundledModelError,
+    PromptError, WindowError,
 )
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything ``eamstcn-run`` parses; exactly one of camera / video / frames."""
+    """Everything ``eamstcn-run`` parses; exactly one of camera / video / frames; the first
+    objects from ``mask``, or ``boxes``/``points`` on the first frame, or (``show`` and
+    neither) boxes drawn in the window."""
 
-    mask: Path
+    mask: Path | None = None
     camera: int | None = None
     video: str | None = None
     frames: Path | None = None
@@ -69,6 +76,11 @@ class RunOptions:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     add_masks: tuple[tuple[int, Path], ...] = ()
+    boxes: tuple[Box, ...] = ()
+    points: tuple[Point, ...] = ()
+    add_boxes: tuple[AddBox, ...] = ()
+    #: Frames an object's mask may stay empty before it is reported lost (needs ``output``).
+    lost_after: int = DEFAULT_LOST_AFTER
     output: Path | None = None
     show: bool = False
     max_frames: int | None = None
@@ -305,6 +317,15 @@ def _validate_options(options: RunOptions) -> None:
             raise RunError(f"--add-mask frame must be >= 1 (frame 0 uses --mask), got {frame_index}")
     if len({frame for frame, _ in options.add_masks}) != len(options.add_masks):
         raise RunError("--add-mask: give each frame once (one mask file may hold several objects)")
+    if options.mask is not None and (options.boxes or options.points):
+        raise RunError("give the first objects one way: --mask, or --box/--point")
+    if options.mask is None and not (options.boxes or options.points or options.show):
+        raise RunError("--mask, --box or --point is required (or --show to draw boxes in a window; try --demo)")
+    box_frames = [add.frame for add in options.add_boxes]
+    if min(box_frames, default=1) < 1:
+        raise RunError("--add-box frame must be >= 1 (frame 0 uses --box)")
+    if len(set(box_frames)) != len(box_frames) or set(box_frames) & {frame for frame, _ in options.add_masks}:
+        raise RunError("--add-box: give each frame once, and not a frame that has an --add-mask")
     if options.output is not None:
         _check_output(options.output)
 
@@ -312,9 +333,9 @@ def _validate_options(options: RunOptions) -> None:
 def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSummary:
     """Segment the source's frames; return what happened. Raises ``USER_ERRORS`` for bad input."""
     _validate_options(options)
-    first_mask = _read_mask(options.mask, "--mask")
+    first_mask = _read_mask(options.mask, "--mask") if options.mask is not None else None
     added = [(frame, path, _read_mask(path, "--add-mask")) for frame, path in options.add_masks]
-    all_ids, planned = plan_object_ids(first_mask, added)
+    window = None
 
     engines_dir, checkpoint, bundled_size = resolve_model(options.engines, options.checkpoint, notify)
     # The source first: it is the cheap thing to get wrong (a typo in a path), engines take seconds.
@@ -329,6 +350,17 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
         if first is None:
             raise RunError(f"{source.info.name} delivered no frame")
         shape = (first[1].shape[0], first[1].shape[1])
+        if first_mask is None:  # from the first frame: --box/--point, or boxes drawn in the window
+            if not options.boxes and not options.points:
+                window = display = Window(options.output or Path("."), notify=notify, draw=overlay)
+                choice = window.select(first[1])
+                if choice.kind != "start":
+                    return RunSummary(interrupted=False)
+                first_mask = MaskFile(first_ids(first[1], choice.boxes, ()), explicit_ids=True)
+            else:
+                first_mask = MaskFile(first_ids(first[1], options.boxes, options.points), explicit_ids=True)
+        all_ids, planned = plan_object_ids(first_mask, added)
+        all_ids, box_adds = plan_box_ids(all_ids, options.add_boxes)
         _check_aspect(first_mask.ids.shape, shape, str(options.mask))
         for item in planned:
             _check_aspect(item.ids.shape, shape, str(item.path))
@@ -349,8 +381,9 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
 
         session = Session(engines, options.memory, options.save, max_objects=limit, timing=options.output is not None)
         upload = FrameUploader(engines.device)
-        if options.show:
+        if options.show and display is None:
             display = Display(notify=notify)
+        restart: tuple[Box, ...] = ()
         total = source.info.frame_count
         if options.max_frames is not None:
             total = min(total or options.max_frames, options.max_frames)
@@ -360,9 +393,15 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
             for index, frame, is_last in itertools.chain([first], frames):
                 frame_shape = (frame.shape[0], frame.shape[1])
                 mask = None
-                if index == 0:
+                if restart:  # `r` in the window: a new stream from new boxes
+                    mask, restart = box_ids(frame, ("r in the window", restart, 1), notify), ()
+                    if mask is not None:
+                        session.reset()
+                elif index == 0:
                     mask = fit_mask(first_mask.ids, frame_shape, str(options.mask), notify)
                     _check_engine_aspect(frame_shape, engines.manifest.frame_size, notify)
+                elif index in box_adds:
+                    mask = box_ids(frame, box_adds.pop(index), notify)
                 elif index in extra_masks:
                     item = extra_masks.pop(index)
                     mask = fit_mask(item.ids, frame_shape, str(item.path), notify)
@@ -372,10 +411,19 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
                     labels = session.labels(probs)  # (H, W) uint8 on the device; no sync here
                     if options.output is not None:
                         if writer is None:  # only now: a run refused earlier leaves no folder
-                            writer = _open_writer(options.output, source.info.fps, engines, options.writer_queue, notify)
+                            writer = _open_writer(options.output, source.info.fps, engines, options.writer_queue, notify,
+                                                  options.lost_after)
+                            if options.mask is None:
+                                write_first_mask(options.output, first_mask.ids, notify)
                         writer.submit(index, frame, labels, session.last_stats)
                     if display is not None and not display.show(frame, labels.cpu().numpy()):  # a window needs it now
                         break
+                    request = window.take_request() if window is not None else None
+                    if request is not None and request.kind == "restart":
+                        restart = request.boxes
+                    elif request is not None:  # b: boxes for new objects, or one redrawing an object
+                        first_id = request.target or max(session.object_ids, default=0) + 1
+                        box_adds[index + 1] = ("b in the window", request.boxes, first_id)  # on the next frame
                 progress.update(summary.frames, time.perf_counter() - started)
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -402,10 +450,12 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
 
 
 def _open_writer(
-    output: Path, fps: float | None, engines: EngineSet, queue_size: int, notify: Callable[[str], None]
+    output: Path, fps: float | None, engines: EngineSet, queue_size: int, notify: Callable[[str], None],
+    lost_after: int = DEFAULT_LOST_AFTER,
 ) -> AsyncOutputWriter:
     try:
-        sink = OutputWriter(output, fps=fps or 25.0, notify=notify)
+        lost = LostObjects(lost_after, notify) if lost_after > 0 else None
+        sink = OutputWriter(output, fps=fps or 25.0, notify=notify, lost=lost)
     except OSError as error:
         raise RunError(f"cannot write to --output {output}: {error.strerror or error}") from None
     return AsyncOutputWriter(sink, engines.device, max_pending=queue_size)

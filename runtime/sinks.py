@@ -34,9 +34,11 @@ import numpy as np
 import torch
 
 from eamstcn.data.davis_io import DAVIS_PALETTE, write_indexed_png
+from eamstcn.runtime.lost import LostObjects
 from eamstcn.runtime.timing import STAGES, StepStats
 
-STATS_COLUMNS = ("frame", "total_ms", *(f"{stage}_ms" for stage in STAGES), "saved", "memory_frames", "objects")
+#: ``lost``: the ids of the objects whose mask has been empty long enough (space-separated).
+STATS_COLUMNS = ("frame", "total_ms", *(f"{stage}_ms" for stage in STAGES), "saved", "memory_frames", "objects", "lost")
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -61,8 +63,10 @@ class OutputWriter:
         stats: bool = True,
         flush_every: int = 10,
         notify: Callable[[str], None] | None = None,
+        lost: LostObjects | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.lost = lost
         self._notify = notify or _print_notice
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.fps = fps if fps and fps > 0 else 25.0
@@ -90,7 +94,8 @@ class OutputWriter:
         if self._want_video:
             self._write_video(overlay(frame, labels))
         if self._stats is not None:
-            self._stats.writerow(_stats_row(index, stats))
+            lost = self.lost.update(index, labels) if self.lost is not None else ()
+            self._stats.writerow([*_stats_row(index, stats), " ".join(map(str, lost))])
         self.frames_written += 1
         if self.frames_written % self.flush_every == 0:
             self.flush()

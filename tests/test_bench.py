@@ -82,7 +82,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--backends", "warp-drive"])
     assert result.exit_code != 0 and "unknown backend" in result.output
     result = runner.invoke(app, ["--checkpoint", str(tmp_path / "missing.pth"), "--size", "64x64", "--device", "cpu"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "checkpoint not found" in result.output
     assert "Traceback" not in result.output
 

@@ -47,12 +47,26 @@ def test_command_errors_say_error_in_lower_case(tmp_path, monkeypatch: pytest.Mo
     from eamstcn.data.synth_cli import main as synth_main
 
     result = CliRunner().invoke(bench_app, ["--objects", "0"])
-    assert result.exit_code == 1 and result.stderr.strip().splitlines() == ["error: --objects must be at least 1, got 0"]
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == ["error: --objects must be at least 1, got 0"]
     (tmp_path / "file").write_text("x")
     monkeypatch.setattr("sys.argv", ["eamstcn-synth", "--out", str(tmp_path / "file" / "sub"), "--frames", "2",
                                      "--sequences", "1", "--size", "64x64", "--no-progress"])
     with pytest.raises(SystemExit) as info:
         synth_main()
-    assert info.value.code == 1
+    assert info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot write the dataset"), lines
+
+
+def test_train_out_is_checked_before_training(tmp_path) -> None:
+    """A file given as --out was found at the first checkpoint, as a traceback (issue 20)."""
+    from typer.testing import CliRunner
+
+    from eamstcn.training.cli import app as train_app
+
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        result = CliRunner().invoke(train_app, ["phase2", "--data", str(tmp_path), "--out", str(out), "--preset", "tiny"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}") and "is a file" in lines[0], lines

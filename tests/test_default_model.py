@@ -143,7 +143,7 @@ def test_export_without_checkpoint_or_bundled_model(tmp_path: Path, monkeypatch:
 
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "none"))
     result = CliRunner().invoke(export_cli.app, ["--out", str(tmp_path / "engines")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         "error: no --checkpoint given and the bundled model is missing in this install: pass --checkpoint best.pth"
     ]

@@ -167,7 +167,7 @@ def test_fp16_runs_in_onnxruntime(bundle: tuple[Path, str], model: EamStcn) -> N
 
 
 def _assert_clean_failure(result, folder: Path, out: Path) -> None:
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert "Traceback" not in result.output
     assert not out.exists()
@@ -193,7 +193,7 @@ def test_output_under_a_file(checkpoint: Path, tmp_path: Path) -> None:
     blocker.write_text("x")
     out = blocker / "sub" / "engines"
     result = runner.invoke(app, ["--checkpoint", str(checkpoint), "--out", str(out), "--size", "64x64"])
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert blocker.read_text() == "x" and leftovers(tmp_path) == []
 
 
@@ -201,7 +201,7 @@ def test_output_under_a_file(checkpoint: Path, tmp_path: Path) -> None:
 def test_output_on_a_read_only_filesystem(checkpoint: Path) -> None:
     # /proc refuses new folders even to root, unlike a chmod-ed folder
     result = runner.invoke(app, ["--checkpoint", str(checkpoint), "--out", "/proc/eamstcn-test/engines", "--size", "64x64"])
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "cannot create" in result.output
 
 
@@ -229,7 +229,7 @@ def test_refuses_a_folder_that_is_not_a_bundle(checkpoint: Path, tmp_path: Path)
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"precious")
     result = runner.invoke(app, ["--checkpoint", str(checkpoint), "--out", str(out), "--size", "64x64"])
-    assert result.exit_code == 1 and "not an engine bundle" in result.output
+    assert result.exit_code == 2 and "not an engine bundle" in result.output
     assert [path.name for path in out.iterdir()] == ["holiday.jpg"] and leftovers(tmp_path) == []
 
 

@@ -190,7 +190,7 @@ def test_export_cli_int8_and_its_errors(runtime_assets: RuntimeAssets, tmp_path:
     ):
         out = tmp_path / "engines"
         result = runner.invoke(app, [*base, "--out", str(out), *args])
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], result.stderr
         assert "Traceback" not in result.output and not out.exists()

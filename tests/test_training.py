@@ -268,7 +268,7 @@ def test_cli_help_and_errors(tmp_path: Path) -> None:
     result = runner.invoke(app, ["phase1", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--preset", "huge"])
     assert result.exit_code != 0 and "unknown preset" in result.output
     result = runner.invoke(app, ["phase2", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--preset", "tiny"])
-    assert result.exit_code == 1 and "JPEGImages" in result.output
+    assert result.exit_code == 2 and "JPEGImages" in result.output
 
 
 def test_cli_runs_tiny_phase2(synth_root: Path, tmp_path: Path) -> None:

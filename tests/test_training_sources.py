@@ -92,7 +92,7 @@ def test_train_cli_mixes_folders_and_validates_on_held_out(tmp_path: Path) -> No
     assert metadata["hold_out"] == ["b"] and len(metadata["data"]) == 2
     missing = CliRunner().invoke(app, ["phase2", "--data", str(tmp_path / "real"), "--hold-out", "zzz",
                                        "--out", str(tmp_path / "run2"), "--preset", "tiny", "--quiet"])
-    assert missing.exit_code == 1 and "held-out sequence(s) not found in the training data: zzz" in missing.output
+    assert missing.exit_code == 2 and "held-out sequence(s) not found in the training data: zzz" in missing.output
 
 
 # --------------------------------------------------------------------- BatchNorm, drop path

@@ -118,10 +118,10 @@ def synth(
     except OSError as error:  # unwritable folder, full disk...
         reason = error.strerror or str(error)
         typer.echo(f"error: cannot write the dataset: {reason}: {error.filename or out}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     except (ValueError, VideoWriteError) as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     extra = f" and {len(names)} mp4 videos in {out / 'videos'}" if video else ""
     typer.echo(
         f"Wrote {len(names)} sequences ({frames} frames, {height}x{width}, {objects} object{'s' if objects != 1 else ''}, "

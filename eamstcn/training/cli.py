@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from eamstcn.cli_errors import run_app, size_option
+from eamstcn.fileio import output_problem
 from eamstcn.training.config import Phase, TrainConfig, preset
 
 if TYPE_CHECKING:  # the trainer (torch, albumentations) is imported only when a command runs
@@ -83,12 +84,16 @@ def _run(phase: Phase, data: list[Path], out: Path, preset_name: str, overrides:
         if not folder.is_dir():
             typer.echo(f"error: data folder not found: {folder}", err=True)
             raise typer.Exit(2)
+    problem = output_problem(out)  # now, not at the first checkpoint
+    if problem is not None:
+        typer.echo(f"error: --out {out}: {problem}", err=True)
+        raise typer.Exit(2)
     try:
         result = train(config, data, out, resume=resume, init=init, val=val or None, device=device,
                        progress=not quiet, sources=sources)
     except (CheckpointError, LayoutError, BackboneError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 reports, as only it writes
     best = f", best validation J&F {result.best_jf:.2f}" if result.best_jf is not None else ""

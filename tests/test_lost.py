@@ -1,0 +1,44 @@
+"""Lost objects: said once after N empty frames, said again when back, recorded in stats.csv."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from eamstcn.runtime.lost import LostObjects
+from eamstcn.runtime.sinks import OutputWriter
+
+
+def labels(*ids: int) -> np.ndarray:
+    frame = np.zeros((8, 8), np.uint8)
+    for i, object_id in enumerate(ids):
+        frame[i, 0] = object_id
+    return frame
+
+
+def test_lost_after_n_empty_frames_once_then_back() -> None:
+    said: list[str] = []
+    lost = LostObjects(after=3, notify=said.append)
+    assert lost.update(0, labels(1, 2)) == ()
+    results = [lost.update(t, labels(1)) for t in range(1, 6)]
+    assert results == [(), (), (2,), (2,), (2,)]
+    assert said == ["object 2 lost at frame 3: its mask has been empty for 3 frames "
+                    "(re-mark it with --add-box FRAME:X,Y,W,H:2, or b in the window)"]
+    assert lost.update(6, labels(1, 2)) == () and said[-1] == "object 2 is back at frame 6"
+    assert lost.update(7, labels()) == ()  # one empty frame is not lost
+
+
+def test_never_seen_is_never_lost() -> None:
+    lost = LostObjects(after=1)
+    assert lost.update(0, labels()) == () and lost.update(1, labels()) == ()
+
+
+def test_stats_csv_records_lost_ids(tmp_path: Path) -> None:
+    frame = np.zeros((8, 8, 3), np.uint8)
+    with OutputWriter(tmp_path, video=False, masks=False, lost=LostObjects(after=2)) as writer:
+        for t, ids in enumerate([(1, 2), (1,), (), ()]):
+            writer.write(t, frame, labels(*ids))
+    rows = list(csv.DictReader(open(tmp_path / "stats.csv")))
+    assert [row["lost"] for row in rows] == ["", "", "2", "1 2"]
