@@ -10,7 +10,10 @@
 The weights file is a checkpoint in our own format (:mod:`eamstcn.checkpoint`) holding
 weights only, floating tensors stored as fp16 to halve the download; loading it builds
 the fp32 network as usual (``load_state_dict`` copies into fp32 parameters).
-:func:`pack_bundled_model` writes both files from a trained checkpoint.
+``"engines"`` (optional) names a folder beside it holding the same network exported by
+``eamstcn-export`` (fp32 ONNX, INT8 ONNX): the runtime-only install (no timm, no onnx)
+runs the bundled model from it on ONNX Runtime. :func:`pack_bundled_model` writes the
+checkpoint and description from a trained checkpoint; :func:`attach_engines` adds a bundle.
 
 ``EAMSTCN_BUNDLED_MODEL`` (a MODEL.json, or a folder holding one) points elsewhere: tests
 and custom builds use it. Standard library at import time; torch only in the packer.
@@ -33,6 +36,7 @@ __all__ = [
     "BundledModelMissing",
     "bundled_checkpoint",
     "bundled_model",
+    "attach_engines",
     "pack_bundled_model",
 ]
 
@@ -65,6 +69,8 @@ class BundledModel:
     #: scale it was trained and scored at (a small model trained on small frames does
     #: poorly on full-size ones). None: each frame's own size.
     frame_size: tuple[int, int] | None = None
+    #: The same network exported (a folder with manifest.json), or None when not shipped.
+    engines: Path | None = None
 
     def describe(self, with_size: bool = True) -> str:
         """The one line a command prints when it falls back to this model (``with_size``:
@@ -81,10 +87,11 @@ def _description_path() -> Path:
     return WEIGHTS_DIR / DESCRIPTION_NAME
 
 
-def bundled_model(verify: bool = True) -> BundledModel:
-    """Read MODEL.json and check the weights file beside it (size and, with ``verify``,
-    its sha256). Raises :class:`BundledModelMissing` or :class:`BundledModelError`."""
-    description = _description_path()
+def bundled_model(verify: bool = True, description: Path | None = None) -> BundledModel:
+    """Read MODEL.json (the installed one, or ``description``) and check the weights file
+    beside it (size and, with ``verify``, its sha256). Raises :class:`BundledModelMissing`
+    or :class:`BundledModelError`."""
+    description = description or _description_path()
     if not description.is_file():
         raise BundledModelMissing(
             f"the bundled model is missing in this install (no {description}); pass --checkpoint best.pth or --engines DIR"
@@ -117,7 +124,21 @@ def bundled_model(verify: bool = True) -> BundledModel:
         training_command=str(data.get("training_command") or ""),
         numbers=dict(data.get("numbers") or {}),
         frame_size=_frame_size(data.get("frame_size"), description),
+        engines=_engines(data.get("engines"), description),
     )
+
+
+def _engines(value: Any, description: Path) -> Path | None:
+    """The exported bundle named by MODEL.json, which must be a folder beside it with a
+    manifest (its files are checked by the runtime's manifest loader when opened)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or Path(value).name != value:
+        raise BundledModelError(f"{description}: engines {value!r} must be a folder name beside it; reinstall eamstcn")
+    folder = description.parent / value
+    if not (folder / "manifest.json").is_file():
+        raise BundledModelError(f"the bundled engines {folder} are missing or damaged (no manifest.json): reinstall eamstcn")
+    return folder
 
 
 def _frame_size(value: Any, description: Path) -> tuple[int, int] | None:
@@ -190,3 +211,35 @@ def pack_bundled_model(
         written.chmod(0o644)  # package data: readable by every user of an installed copy
     return BundledModel(name, path, description["sha256"], description["model_config"], training_command, numbers or {},
                         frame_size)
+
+
+def attach_engines(out_dir: str | os.PathLike[str], bundle: str | os.PathLike[str]) -> BundledModel:
+    """Copy an ``eamstcn-export`` bundle of the packed model into ``out_dir/<name>-engines``
+    and name it in MODEL.json. The bundle must have been exported from the packed
+    checkpoint itself (its manifest's checkpoint sha256), so the engines and the
+    checkpoint are one network; frame_size becomes the bundle's."""
+    import shutil
+
+    from eamstcn.fileio import atomic_write_bytes
+
+    out = Path(out_dir)
+    description_path = out / DESCRIPTION_NAME
+    data = json.loads(description_path.read_text(encoding="utf-8"))
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
+    source = (manifest.get("checkpoint") or {}).get("sha256")
+    if source != data["sha256"]:
+        raise BundledModelError(f"{bundle} was exported from sha256 {source}, not the packed model {data['sha256']}")
+    folder_name = f"{data['name']}-engines"
+    target = out / folder_name
+    staging = out / f".{folder_name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(bundle, staging)
+    for item in staging.iterdir():
+        item.chmod(0o644)  # package data: readable by every user of an installed copy
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    data["engines"] = folder_name
+    data["frame_size"] = list(manifest["frame_size"]) if manifest.get("frame_size") else data.get("frame_size")
+    atomic_write_bytes(description_path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    description_path.chmod(0o644)
+    return bundled_model(description=description_path)

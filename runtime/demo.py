@@ -39,6 +39,7 @@ class DemoResult:
         return [
             f"demo: {s.frames} generated frames, {s.objects} object{'' if s.objects == 1 else 's'}, {s.fps:.1f} FPS ({self.model}); "
             f"mean IoU with the generator's true masks: {self.mean_iou:.2f}",
+            f"backend: {s.backend}",
             f"wrote {self.output}/: masks/ (palette PNGs), overlay.mp4, stats.csv; the input is in {self.output}/input/",
         ]
 
@@ -64,8 +65,9 @@ def run_demo(
                 "--demo runs the bundled model, which is missing in this install; "
                 "pass --checkpoint best.pth (or --engines DIR) to run the demo with yours"
             ) from None
-        notify(model.describe(with_size=False))  # the demo runs at its clip's own size
-        checkpoint, name = model.path, f"bundled model {model.name}"
+        # The PyTorch path runs the clip at its own size; exported engines at theirs.
+        notify(model.describe(with_size=model.engines is not None))
+        checkpoint, engines, name = model.path, model.engines, f"bundled model {model.name}"
     else:
         name = str(checkpoint or engines)
 

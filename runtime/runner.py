@@ -232,7 +232,9 @@ def resolve_model(
     engines: Path | None, checkpoint: Path | None, notify: Callable[[str], None]
 ) -> tuple[Path | None, Path | None, tuple[int, int] | None]:
     """(engines folder, checkpoint, frame size) to open: as given; else ``./engines`` when
-    it exists; else the bundled model at its own frame size (saying so in one line)."""
+    it exists; else the bundled model at its own frame size (saying so in one line): its
+    exported engines and its checkpoint, so that ``auto`` picks ONNX Runtime where it is
+    installed and the PyTorch path elsewhere."""
     if engines is not None or checkpoint is not None:
         return engines, checkpoint, None
     if DEFAULT_ENGINES.exists():
@@ -245,7 +247,7 @@ def resolve_model(
             f"pass --checkpoint best.pth or --engines DIR (build one with `{EXPORT_HINT}`)"
         ) from None
     notify(model.describe())
-    return None, model.path, model.frame_size
+    return model.engines, model.path, model.frame_size
 
 
 def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:

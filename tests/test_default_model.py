@@ -179,7 +179,7 @@ def test_demo_writes_masks_overlay_and_stats(bundled: Path, tmp_path: Path, monk
     assert len((out / "stats.csv").read_text().splitlines()) == 1 + 5
     assert len(list((out / "input").glob("*.png"))) == 5 and (out / "first_mask.png").is_file()
     assert "using the bundled model eamstcn-test-tiny" in result.stderr
-    first, second = result.stdout.strip().splitlines()[-2:]
+    first, second = [line for line in result.stdout.strip().splitlines() if not line.startswith("backend: ")][-2:]
     assert first.startswith("demo: 5 generated frames, 1 object, ") and "mean IoU with the generator's true masks" in first
     assert second.startswith("wrote eamstcn-demo/")
 
@@ -269,3 +269,72 @@ def test_run_export_eval_use_the_bundled_frame_size(bundled_sized: Path, clip_fi
     monkeypatch.setattr(run_eval, "evaluate", fake_evaluate)
     CliRunner().invoke(eval_app, ["--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert seen["eval"] == (48, 80)
+
+
+# --------------------------------------------------------------------------- bundled engines
+
+
+@pytest.fixture(scope="module")
+def packed_with_engines(runtime_assets: RuntimeAssets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A packed tiny model plus its own export (64x64, fp32 ONNX) attached beside it."""
+    from eamstcn.default_model import attach_engines
+    from eamstcn.export.bundle import ExportConfig, export_bundle
+
+    folder = tmp_path_factory.mktemp("bundled-engines")
+    model = pack_bundled_model(runtime_assets.checkpoint, folder, "eamstcn-test-tiny", "eamstcn-train ...", {})
+    staging = tmp_path_factory.mktemp("export") / "engines"
+    export_bundle(ExportConfig(checkpoint=model.path, out=staging, frame_size=(64, 64), max_objects=4, simplify=False, trt=False))
+    attach_engines(folder, staging)
+    return folder
+
+
+def test_attach_engines_names_them_in_the_description(packed_with_engines: Path, runtime_assets: RuntimeAssets) -> None:
+    from eamstcn.default_model import attach_engines
+
+    model = bundled_model(description=packed_with_engines / "MODEL.json")
+    assert model.engines == packed_with_engines / "eamstcn-test-tiny-engines"
+    assert (model.engines / "manifest.json").is_file() and model.frame_size == (64, 64)
+    assert oct((model.engines / "decoder.onnx").stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(BundledModelError, match="was exported from sha256"):
+        attach_engines(packed_with_engines, runtime_assets.engines)  # another checkpoint's export
+
+
+def test_damaged_bundled_engines_are_one_line(packed_with_engines: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(packed_with_engines, copy)
+    (copy / "eamstcn-test-tiny-engines" / "manifest.json").unlink()
+    with pytest.raises(BundledModelError, match="bundled engines .* are missing or damaged"):
+        bundled_model(description=copy / "MODEL.json")
+
+
+def test_run_uses_the_bundled_engines_on_onnxruntime(packed_with_engines: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from eamstcn.runtime.runner import resolve_model
+
+    monkeypatch.setenv(ENV_VAR, str(packed_with_engines))
+    monkeypatch.chdir(tmp_path)  # no ./engines here
+    said: list[str] = []
+    engines, checkpoint, size = resolve_model(None, None, said.append)
+    assert engines == packed_with_engines / "eamstcn-test-tiny-engines" and checkpoint is not None and size == (64, 64)
+    assert said and said[0].startswith("using the bundled model eamstcn-test-tiny")
+
+
+def test_runtime_only_install_runs_the_bundled_model(packed_with_engines: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No timm, no onnx, no click: --demo and a video run on the bundled ONNX engines."""
+    from eamstcn.data.synth import generate_sequence, write_video
+    from tests.test_packaging import run_runtime_only
+
+    monkeypatch.setenv(ENV_VAR, str(packed_with_engines))
+    result = run_runtime_only("eamstcn-run", "--demo", "--output", tmp_path / "demo", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "backend: onnxruntime" in result.stdout and "mean IoU" in result.stdout
+    clip = generate_sequence(seed=5, frames=4, height=64, width=96, objects=1)
+    video = write_video(tmp_path / "clip.mp4", clip.frames, fps=8)
+    mask = write_mask(tmp_path / "first.png", clip.masks[0])
+    result = run_runtime_only("eamstcn-run", "--video", video, "--mask", mask, "--output", tmp_path / "out",
+                              "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 4
