@@ -79,6 +79,7 @@ class ExportConfig:
     int8: bool = False
     calibration: Path | None = None
     calibration_frames: int = DEFAULT_CALIBRATION_FRAMES
+    calibration_sequences: tuple[str, ...] | None = None  # DAVIS calibration: these sequences only
     int8_target: str = "auto"
     int8_min_agreement: float = 0.98  # mean mask IoU INT8 vs fp32 below which graphs stay fp32
     int8_min_speedup: float = 1.1  # INT8 graphs less than this faster than fp32 (on this CPU) stay fp32 (int8_export.MIN_SPEEDUP)
@@ -359,7 +360,8 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     validate(config)
     model = _load_model(Path(config.checkpoint))
     # Read the calibration frames first: a bad --calibration fails before minutes of export.
-    calibration = load_calibration(config.calibration, config.frame_size, config.calibration_frames) if config.int8 else None
+    calibration = load_calibration(config.calibration, config.frame_size, config.calibration_frames,
+                                   config.calibration_sequences) if config.int8 else None
     out = Path(config.out).absolute()
     with staged_bundle(out) as staging:
         manifest, reports, notes = _build(config, model, staging, say, calibration)

@@ -95,13 +95,19 @@ def _davis_resolution(root: Path) -> str | None:
     return names[0] if names else None
 
 
-def _davis_source(root: Path, resolution: str, frames: int) -> CalibrationSource:
+def _davis_source(root: Path, resolution: str, frames: int, sequences: tuple[str, ...] | None = None) -> CalibrationSource:
     from eamstcn.data.davis_io import list_sequences, load_sequence
 
     names = list_sequences(root, resolution)
     if not names:
         raise ExportError(f"--calibration {root}: no sequences under JPEGImages/{resolution}")
-    count = min(MAX_SEQUENCES, len(names))
+    if sequences:
+        # Named: e.g. training sequences only, so that held-out ones stay unseen by every step.
+        missing = [name for name in sequences if name not in names]
+        if missing:
+            raise ExportError(f"--calibration-sequences: not in {root}: {', '.join(missing)}")
+        names = list(sequences)
+    count = min(MAX_SEQUENCES, len(names)) if not sequences else len(names)
     chosen = [names[round(index * (len(names) - 1) / max(1, count - 1))] for index in range(count)] if count > 1 else names[:1]
     per_clip = max(2, frames // count)
     clips = []
@@ -111,7 +117,8 @@ def _davis_source(root: Path, resolution: str, frames: int) -> CalibrationSource
         if first is None or not first.any():
             first = ellipse_mask(*video.shape[1:3])
         clips.append(CalibrationClip(name, video[:per_clip], first))
-    return CalibrationSource("davis", f"DAVIS-layout dataset {root} ({resolution}, first {per_clip} frames of each listed clip)", tuple(clips))
+    listed = ", ".join(dict.fromkeys(chosen))
+    return CalibrationSource("davis", f"DAVIS-layout dataset {root} ({resolution}, first {per_clip} frames of {listed})", tuple(clips))
 
 
 def _images_source(folder: Path, frames: int) -> CalibrationSource:
@@ -148,13 +155,17 @@ def _video_source(path: Path, frames: int) -> CalibrationSource:
     return CalibrationSource("video", f"video {path} (first {len(images)} frames, centred ellipse as the first mask)", (clip,))
 
 
-def load_calibration(path: Path | None, frame_size: tuple[int, int], frames: int = DEFAULT_FRAMES) -> CalibrationSource:
+def load_calibration(path: Path | None, frame_size: tuple[int, int], frames: int = DEFAULT_FRAMES,
+                     sequences: tuple[str, ...] | None = None) -> CalibrationSource:
     """Calibration clips from ``path`` (None: generated clips at ``frame_size``).
 
     ``path`` is a DAVIS-layout folder (``JPEGImages/<resolution>/<seq>``, masks from
-    ``Annotations``), a folder of frames, or a video file. Raises :class:`ExportError`
-    with one line for a missing, empty or unreadable source.
+    ``Annotations``; ``sequences`` names which, else up to MAX_SEQUENCES spread over the
+    name list), a folder of frames, or a video file. Raises :class:`ExportError` with one
+    line for a missing, empty or unreadable source.
     """
+    if sequences and (path is None or _davis_resolution(Path(path)) is None):
+        raise ExportError("--calibration-sequences needs --calibration pointing at a DAVIS-layout folder")
     if frames < 2:
         raise ExportError(f"--calibration-frames must be at least 2, got {frames}")
     if path is None:
@@ -168,7 +179,7 @@ def load_calibration(path: Path | None, frame_size: tuple[int, int], frames: int
         return _video_source(path, frames)
     resolution = _davis_resolution(path)
     if resolution is not None:
-        return _davis_source(path, resolution, frames)
+        return _davis_source(path, resolution, frames, sequences)
     if not any(path.iterdir()):
         raise ExportError(f"--calibration {path}: the folder is empty")
     return _images_source(path, frames)

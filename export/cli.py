@@ -96,6 +96,11 @@ def export(
         None, "--calibration",
         help="INT8 calibration frames: a folder of images, a video or a DAVIS-layout dataset; default: generated clips.",
     ),
+    calibration_sequences: str | None = typer.Option(
+        None, "--calibration-sequences", metavar="A,B,...",
+        help="INT8, DAVIS-layout --calibration: calibrate on these sequences (e.g. training ones only); "
+             "default: 4 spread over the name list.",
+    ),
     calibration_frames: int = typer.Option(24, "--calibration-frames", help="INT8: frames to calibrate on (a quarter is held out to measure parity)."),
     int8_target: str = typer.Option(
         "auto", "--int8-target", help="INT8 recipe for this CPU (auto) or another: x86-avx2 (no VNNI: 7-bit weights), x86-vnni, arm."
@@ -121,6 +126,8 @@ def export(
             checkpoint=checkpoint, out=out, fp16=fp16, frame_size=frame_size, max_objects=max_objects,
             opset=opset, simplify=simplify, trt=trt, workspace_gb=workspace,
             int8=int8, calibration=calibration, calibration_frames=calibration_frames, int8_target=int8_target,
+            calibration_sequences=tuple(n.strip() for n in calibration_sequences.split(",") if n.strip())
+            if calibration_sequences else None,
             int8_min_agreement=int8_min_iou, int8_min_speedup=int8_min_speedup,
         )
         result = export_bundle(config, progress=_say(started))

@@ -75,6 +75,13 @@ def test_calibration_from_images_video_and_davis(tmp_path: Path) -> None:
     davis = load_calibration(tmp_path / "davis", FRAME_SIZE, 6)
     assert davis.kind == "davis" and len(davis.clips) == 3
     assert all(clip.num_objects == 2 for clip in davis.clips)  # first masks come from Annotations
+    names = [clip.name for clip in davis.clips]
+    chosen = load_calibration(tmp_path / "davis", FRAME_SIZE, 6, sequences=(names[2], names[0]))
+    assert [clip.name for clip in chosen.clips] == [names[2], names[0]] and names[2] in chosen.description
+    with pytest.raises(ExportError, match="not in .*: nope"):
+        load_calibration(tmp_path / "davis", FRAME_SIZE, 6, sequences=("nope",))
+    with pytest.raises(ExportError, match="needs --calibration pointing at a DAVIS-layout folder"):
+        load_calibration(folder, FRAME_SIZE, 6, sequences=(names[0],))
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "one image", "not a video"])
