@@ -17,6 +17,7 @@ import typer
 
 from eamstcn.cli_errors import run_app, size_option
 from eamstcn.runtime import quiet_opencv  # noqa: F401  (before anything opens a video)
+from eamstcn.runtime import termination
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.lost import DEFAULT_LOST_AFTER
 from eamstcn.runtime.marking import parse_add_box
@@ -116,9 +117,9 @@ def segment(
         summary = run(options)
     except USER_ERRORS as error:
         raise _fail(str(error)) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (termination.install) before the first frame
+        typer.echo(termination.stop_line(), err=True)
+        raise typer.Exit(termination.exit_code()) from None
     except Exception as error:  # a bug, not a user error: still one line unless asked
         if os.environ.get("EAMSTCN_DEBUG"):
             traceback.print_exc()
@@ -128,7 +129,9 @@ def segment(
     if output is not None:
         typer.echo(f"outputs: {output}")
     if summary.interrupted:
-        raise typer.Exit(130)
+        if termination.received():
+            typer.echo(termination.stop_line(), err=True)
+        raise typer.Exit(termination.exit_code())
 
 
 def _snapshot(path: Path, camera: int | None, video: str | None, frames: Path | None) -> None:
@@ -144,7 +147,7 @@ def _run_demo(output: Path | None, checkpoint: Path | None, engines: Path | None
     for line in result.lines():
         typer.echo(line)
     if result.summary.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(termination.exit_code())
 
 
 #: Config field -> the flag that sets it, so messages name what the user typed.
@@ -174,7 +177,9 @@ def _config(kind: type, **values: object) -> object:
 
 
 def main() -> None:
-    """Entry point: usage errors (a missing or malformed option) also become one line."""
+    """Entry point: usage errors (a missing or malformed option) also become one line;
+    SIGTERM (systemctl stop, docker stop) ends the run like Ctrl-C, exit 143."""
+    termination.install()
     run_app(app, "eamstcn-run")
 
 

@@ -78,6 +78,7 @@ class OutputWriter:
         self._video_size: tuple[int, int] | None = None  # (width, height) of the first frame
         self._resized_notice = False
         self._video_tmp = self.output_dir / ".overlay.partial.mp4"  # cv2 picks the container from the suffix
+        self._video_frames = 0
         self._stats_file: IO[str] | None = None
         self._stats: csv.writer | None = None  # type: ignore[valid-type]
         if stats:
@@ -123,28 +124,56 @@ class OutputWriter:
                 )
             rgb = cv2.resize(rgb, self._video_size, interpolation=cv2.INTER_AREA)
         self._video.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        self._video_frames += 1
 
     def flush(self) -> None:
         if self._stats_file is not None:
             self._stats_file.flush()
 
     def close(self) -> None:
-        """Finish every output; safe to call twice."""
-        if self._stats_file is not None:
-            self._stats_file.flush()
-            self._stats_file.close()
-            self._stats_file = None
-            self._stats = None
-        if self._video is not None:
-            self._video.release()
-            self._video = None
+        """Finish every output; safe to call twice. The video is finished even when the
+        stats file's last flush fails (a full disk), and that error is raised after."""
+        try:
+            if self._stats_file is not None:
+                stats_file, self._stats_file, self._stats = self._stats_file, None, None
+                try:
+                    stats_file.flush()
+                finally:
+                    stats_file.close()
+        finally:
+            if self._video is not None:
+                self._finish_video()
+
+    def _finish_video(self) -> None:
+        """Rename the overlay into place only when it plays back whole. OpenCV's writer
+        reports no error: on a full disk its frames or the mp4 index at the end are lost
+        silently, and such a file cannot be played, so it is removed, and we say so."""
+        assert self._video is not None
+        self._video.release()
+        self._video = None
+        if _readable_frames(self._video_tmp) >= self._video_frames:
             os.replace(self._video_tmp, self.output_dir / "overlay.mp4")
+            return
+        self._video_tmp.unlink(missing_ok=True)
+        self._notify(
+            f"overlay.mp4 could not be finished (the disk is full?): removed it rather than leave a file that "
+            f"cannot be played; the masks and stats.csv are kept"
+        )
 
     def __enter__(self) -> OutputWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _readable_frames(path: Path) -> int:
+    """Frames the container of ``path`` announces; 0 when it does not open (no index)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
 
 
 def _print_notice(message: str) -> None:

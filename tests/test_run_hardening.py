@@ -91,3 +91,72 @@ def test_output_name_too_long(runtime_assets: RuntimeAssets, files, tmp_path: Pa
                     "--output", tmp_path / ("o" * 300))
     assert_one_line_error(result, "300 bytes long")
     assert "unexpected" not in result.stderr
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+@pytest.fixture
+def sigterm_handled(monkeypatch: pytest.MonkeyPatch):
+    """termination.install() as main() does it, undone after the test."""
+    import signal
+
+    from eamstcn.runtime import termination
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(termination, "_received", False)
+    termination.install()
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_finishes_the_outputs_and_exits_143(sigterm_handled, runtime_assets: RuntimeAssets, files, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from eamstcn.runtime.session import Session
+    from tests.conftest_runtime import count_video_frames
+
+    real_step = Session.step
+
+    def step(self: Session, *args: object, **kwargs: object):
+        if self.frame_index == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what systemctl stop / docker stop send
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "step", step)
+    out = tmp_path / "out"
+    result = invoke("--video", files["video"], "--mask", files["mask"], "--engines", runtime_assets.engines, "--output", out)
+    assert result.exit_code == 143, result.output
+    assert "terminated (SIGTERM)" in result.stderr and "Traceback" not in result.output
+    written = len(list((out / "masks").glob("*.png")))
+    assert written >= 3
+    assert count_video_frames(out / "overlay.mp4") == written
+    assert not (out / ".overlay.partial.mp4").exists()
+    assert len((out / "stats.csv").read_text().splitlines()) == 1 + written
+
+
+def test_an_overlay_the_disk_cut_short_is_removed_not_left_unplayable(tmp_path: Path) -> None:
+    from eamstcn.runtime.sinks import OutputWriter
+
+    notices: list[str] = []
+    writer = OutputWriter(tmp_path / "out", fps=8, notify=notices.append)
+    frame, labels = np.zeros((64, 96, 3), np.uint8), np.zeros((64, 96), np.uint8)
+    for index in range(5):
+        writer.write(index, frame, labels)
+    video = writer._video
+    partial = tmp_path / "out" / ".overlay.partial.mp4"
+
+    class DiskFull:
+        """The writer reports nothing; the file's end (the mp4 index) never reaches the disk."""
+
+        def release(self) -> None:
+            video.release()
+            data = partial.read_bytes()
+            partial.write_bytes(data[: len(data) // 2])
+
+    writer._video = DiskFull()
+    writer.close()
+    assert not (tmp_path / "out" / "overlay.mp4").exists() and not partial.exists()
+    assert any("overlay.mp4 could not be finished" in notice for notice in notices)
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 5
