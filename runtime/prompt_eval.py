@@ -98,6 +98,7 @@ def measure(objects, method) -> tuple[float, float, str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--only", default="", help="Rows whose name contains this text (default: all).")
     args = parser.parse_args()
     objects = load_objects(args.data)
     boxed = [(s, f, t, bounding_box(t)) for s, f, t in objects]
@@ -107,7 +108,7 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     rows = [(f"box: {name}", boxed, method) for name, method in BOX_METHODS.items()]
     rows.append(("click: 0.3-side box around it, disc as definite FG", clicked, prompts.point_mask))
-    for name, items, method in rows:
+    for name, items, method in (row for row in rows if args.only in row[0]):
         mean, low, where, seconds = measure(items, method)
         print(f"| {name} | {mean:.3f} | {low:.3f} ({where}) | {seconds * 1000:.0f} |", flush=True)
 
