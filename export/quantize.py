@@ -279,7 +279,9 @@ def quantize_graph(
         raise QuantizeError(f"{graph}: no calibration inputs were recorded")
     evaluation = held_out or calibration
     logits = "logits" if graph == "decoder" else None
-    with tempfile.TemporaryDirectory(prefix=f"eamstcn-int8-{graph}-") as temp:
+    # Inside the bundle's staging folder, not /tmp: an export killed here (SIGKILL, no
+    # cleanup) leaves it where the next export to the same place removes it with the rest.
+    with tempfile.TemporaryDirectory(prefix=f".int8-{graph}-", dir=destination.parent) as temp:
         work = Path(temp)
         source = preprocess(fp32_path, work / "pre.onnx")
         groups = node_groups(onnx.load(str(source), load_external_data=False))

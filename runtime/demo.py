@@ -76,21 +76,38 @@ def run_demo(
 
     clip = generate_sequence(DEMO_SEED, DEMO_FRAMES, *DEMO_SIZE, objects=DEMO_OBJECTS, name="eamstcn-demo")
     frames_dir = output / "input"
+    existed = output.exists()
     try:
-        for t, frame in enumerate(clip.frames):
-            write_frame(frames_dir / f"{t:05d}.png", frame)
-        write_indexed_png(output / "first_mask.png", clip.masks[0])
-    except OSError as error:
-        raise RunError(f"cannot write the demo to {output}: {error.strerror or error}") from None
-    summary = run(
-        RunOptions(
-            mask=output / "first_mask.png", frames=frames_dir, checkpoint=checkpoint, engines=engines,
-            backend=backend, device=device, output=output, progress=progress,
-            frame_size=DEMO_SIZE,  # the clip's own size: generated at the scale the model knows
-        ),
-        notify=notify,
-    )
+        try:
+            for t, frame in enumerate(clip.frames):
+                write_frame(frames_dir / f"{t:05d}.png", frame)
+            write_indexed_png(output / "first_mask.png", clip.masks[0])
+        except OSError as error:
+            raise RunError(f"cannot write the demo to {output}: {error.strerror or error}") from None
+        summary = run(
+            RunOptions(
+                mask=output / "first_mask.png", frames=frames_dir, checkpoint=checkpoint, engines=engines,
+                backend=backend, device=device, output=output, progress=progress,
+                frame_size=DEMO_SIZE,  # the clip's own size: generated at the scale the model knows
+            ),
+            notify=notify,
+        )
+    except Exception:  # a bad checkpoint, a missing backend: take back the clip written for it
+        _remove_demo_input(output, existed)
+        raise
     return DemoResult(summary, output, _mean_iou(output / "masks", clip.masks), name)
+
+
+def _remove_demo_input(output: Path, existed: bool) -> None:
+    """Remove what a failed demo wrote: the whole folder when it made it, else only the
+    generated clip and its first mask (a run refused before its first frame wrote nothing else)."""
+    import shutil
+
+    if not existed:
+        shutil.rmtree(output, ignore_errors=True)
+        return
+    shutil.rmtree(output / "input", ignore_errors=True)
+    (output / "first_mask.png").unlink(missing_ok=True)
 
 
 def _mean_iou(masks_dir: Path, truth: np.ndarray) -> float:

@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eamstcn.runtime import quiet_opencv  # noqa: F401  (before cv2: FFmpeg reads its log level once)
-
 import cv2
 import numpy as np
 import torch
@@ -44,6 +42,8 @@ from eamstcn.runtime.sources import FrameUploader, SourceError, open_source
 DEFAULT_ENGINES = Path("engines")
 #: Relative difference of H/W ratios up to which a mask counts as the frames' aspect ratio.
 ASPECT_TOLERANCE = 0.01
+#: Frames smaller than this (either side) are refused: nothing to segment at 1x1.
+MIN_FRAME_SIDE = 16
 #: Seconds between two plain progress lines when stderr is not a terminal.
 PROGRESS_EVERY_S = 10.0
 
@@ -328,6 +328,11 @@ def _validate_options(options: RunOptions) -> None:
         raise RunError("--add-box frame must be >= 1 (frame 0 uses --box)")
     if len(set(box_frames)) != len(box_frames) or set(box_frames) & {frame for frame, _ in options.add_masks}:
         raise RunError("--add-box: give each frame once, and not a frame that has an --add-mask")
+    if options.max_frames is not None:  # else such a mask was "not used: the source ended before it"
+        late = sorted(frame for frame in [*(f for f, _ in options.add_masks), *box_frames] if frame >= options.max_frames)
+        if late:
+            raise RunError(f"--add-mask/--add-box at frame {late[0]} is never reached: --max-frames {options.max_frames} "
+                           f"ends the run at frame {options.max_frames - 1}")
     if options.output is not None:
         _check_output(options.output)
 
@@ -335,6 +340,8 @@ def _validate_options(options: RunOptions) -> None:
 def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSummary:
     """Segment the source's frames; return what happened. Raises ``USER_ERRORS`` for bad input."""
     _validate_options(options)
+    if options.output is None:  # a live run without it ends with nothing on disk: say so at the start
+        notify("no --output: masks, overlay.mp4 and stats.csv are not saved (add --output DIR to keep them)")
     first_mask = _read_mask(options.mask, "--mask") if options.mask is not None else None
     added = [(frame, path, _read_mask(path, "--add-mask")) for frame, path in options.add_masks]
     window = None
@@ -352,6 +359,9 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
         if first is None:
             raise RunError(f"{source.info.name} delivered no frame")
         shape = (first[1].shape[0], first[1].shape[1])
+        if min(shape) < MIN_FRAME_SIDE:  # nothing to segment, and no encoder takes such a video
+            raise RunError(f"{source.info.name}: frames are {shape[1]}x{shape[0]}, too small to segment "
+                           f"(at least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE})")
         if first_mask is None:  # from the first frame: --box/--point, or boxes drawn in the window
             if not options.boxes and not options.points:
                 window = display = Window(options.output or Path("."), notify=notify, draw=overlay)

@@ -20,14 +20,13 @@ from __future__ import annotations
 import csv
 import os
 import queue
+import re
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-
-from eamstcn.runtime import quiet_opencv  # noqa: F401  (before cv2: FFmpeg reads its log level once)
 
 import cv2
 import numpy as np
@@ -38,6 +37,8 @@ from eamstcn.runtime.lost import LostObjects
 from eamstcn.runtime.timing import STAGES, StepStats
 
 #: ``lost``: the ids of the objects whose mask has been empty long enough (space-separated).
+#: The mask files a run writes (frame index, five digits or more): the ones it owns.
+_MASK_NAME = re.compile(r"\d{5,}\.png")
 STATS_COLUMNS = ("frame", "total_ms", *(f"{stage}_ms" for stage in STAGES), "saved", "memory_frames", "objects", "lost")
 
 
@@ -87,6 +88,18 @@ class OutputWriter:
             self._stats.writerow(STATS_COLUMNS)
         if self._masks_dir is not None:
             self._masks_dir.mkdir(parents=True, exist_ok=True)
+            self._clear_earlier_masks()
+
+    def _clear_earlier_masks(self) -> None:
+        """Masks an earlier run left in a reused folder would sit beside this run's shorter
+        stats.csv as if they were its own: remove the files this run owns (``NNNNN.png``), say so."""
+        assert self._masks_dir is not None
+        stale = [path for path in self._masks_dir.glob("*.png") if _MASK_NAME.fullmatch(path.name)]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            self._notify(f"{self.output_dir} held an earlier run's outputs: removed its {len(stale)} masks "
+                         "(stats.csv and overlay.mp4 are replaced)")
 
     def write(self, index: int, frame: np.ndarray, labels: np.ndarray, stats: StepStats | None = None) -> None:
         """One frame: frame (H, W, 3) uint8 RGB, labels (H, W) uint8 object ids."""
@@ -109,7 +122,8 @@ class OutputWriter:
             if not self._video.isOpened():
                 self._video = None
                 self._want_video = False
-                self._notify("cannot write overlay.mp4 (no mp4v encoder in this OpenCV); skipping it")
+                self._notify(f"cannot write overlay.mp4: OpenCV's mp4v encoder refused {width}x{height} frames "
+                             "(or this OpenCV has none); skipping it")
                 return
             self._video_size = (width, height)
         assert self._video_size is not None

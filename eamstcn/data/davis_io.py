@@ -268,14 +268,14 @@ def _read(path: StrPath, strict: bool) -> MaskFile:
         if gray.dtype == np.bool_:
             return MaskFile(gray.astype(np.uint8), explicit_ids=False)
         if strict:
-            _refuse_lossy(path, gray[gray != 0], lossy_format, "grey levels")
+            _refuse_lossy(path, gray, gray != 0, lossy_format, "grey levels")
         return MaskFile(_rank_nonzero_values(gray, path), explicit_ids=False)
     rgba = np.array(image.convert("RGBA"), dtype=np.uint8)
     background = rgba[..., 3] == 0
     rgb = np.ascontiguousarray(rgba[..., :3])
     if strict:
         packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
-        _refuse_lossy(path, packed[(packed != 0) & ~background], lossy_format, "colours")
+        _refuse_lossy(path, packed, (packed != 0) & ~background, lossy_format, "colours")
     ids = _colours_to_ids(rgb, background, path)
     explicit = _all_palette_colours(rgb, background)
     return MaskFile(ids, explicit_ids=explicit)
@@ -288,14 +288,20 @@ def _all_palette_colours(rgb: np.ndarray, background: np.ndarray) -> bool:
     return len(colours) > 0 and all(int(c) in _PALETTE_INDEX_OF_COLOUR for c in colours)
 
 
-def _refuse_lossy(path: StrPath, object_values: np.ndarray, lossy_format: bool, what: str) -> None:
-    """Raise :class:`MaskError` when the object pixels' values (grey levels or packed
-    colours, background excluded) look like a lossy or anti-aliased mask."""
+def _refuse_lossy(path: StrPath, values: np.ndarray, objects: np.ndarray, lossy_format: bool, what: str) -> None:
+    """Raise :class:`MaskError` when the object pixels' values (``values`` (H, W): grey
+    levels or packed colours; ``objects`` (H, W) bool: not background) look like a lossy
+    or anti-aliased mask."""
+    object_values = values[objects]
     if object_values.size == 0:
         return
-    _, counts = np.unique(object_values, return_counts=True)
+    unique, counts = np.unique(object_values, return_counts=True)
     levels = len(counts)
-    minor = int((counts < _MINOR_SHARE * object_values.size).sum())
+    minor_levels = unique[counts < _MINOR_SHARE * object_values.size]
+    # Smoothed edges and ringing are a pixel or two wide: their levels have no pixel whose
+    # four neighbours share its value. Many small objects drawn exactly (each a region) do,
+    # and are objects, not edges (255 of them read as "anti-aliased" before issue 20).
+    minor = int(np.count_nonzero(~np.isin(minor_levels, values[_interior(values) & objects])))
     if lossy_format and levels > 1:
         reason = f"is a JPEG/WebP: lossy compression turned its objects into {levels} {what}"
     elif levels >= 3 and minor > levels - minor:
@@ -306,6 +312,14 @@ def _refuse_lossy(path: StrPath, object_values: np.ndarray, lossy_format: bool, 
         f"mask {path} {reason}, which would read as {levels} objects; "
         "save it as a PNG with exact values (0/255 for one object, or a palette PNG of object ids)"
     )
+
+
+def _interior(values: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose four neighbours (edge pixels replicated) share their value."""
+    padded = np.pad(values, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    return ((padded[:-2, 1:-1] == centre) & (padded[2:, 1:-1] == centre)
+            & (padded[1:-1, :-2] == centre) & (padded[1:-1, 2:] == centre))
 
 
 def read_frame(path: StrPath) -> np.ndarray:
