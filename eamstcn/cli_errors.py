@@ -12,6 +12,7 @@ import sys
 import typer
 
 from eamstcn import sizes
+from eamstcn.entry_points import prepare_process
 
 __all__ = ["missing_extra", "run_app", "size_option"]
 
@@ -48,7 +49,10 @@ def run_app(app: typer.Typer, prog: str) -> None:
 
     Usage errors print ``error: <reason> (see <prog> --help)`` and exit 2; Ctrl-C while
     Click is still parsing exits 130. Errors the commands raise themselves are theirs.
+    The process is prepared first (:func:`eamstcn.entry_points.prepare_process`: quiet
+    OpenCV), also when the command runs as ``python -m``.
     """
+    prepare_process()
     usage_errors, aborts = _click_exceptions()
     try:
         code = app(standalone_mode=False, prog_name=prog)

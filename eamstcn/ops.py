@@ -97,3 +97,23 @@ def softmax_readout(memory_keys: torch.Tensor, memory_values: torch.Tensor, quer
     """
     weights = torch.softmax(affinity(memory_keys, query_keys), dim=1)  # (1, N, M); max-subtracted inside
     return memory_values @ weights
+
+
+def topk_softmax_readout(
+    memory_keys: torch.Tensor, memory_values: torch.Tensor, query_keys: torch.Tensor, top_k: int
+) -> torch.Tensor:
+    """Inference readout: per query, a softmax over its ``top_k`` best memory positions.
+
+    The plain form of the runtime's read (``eamstcn.runtime.readout``, which never builds
+    the dense weight matrix); the exporter's INT8 calibration runs this one.
+
+    Args:
+        memory_keys: (1, Ck, N); memory_values: (K, Cv, N); query_keys: (1, Ck, M);
+        top_k: positions kept per query (clamped to N; N keeps all: :func:`softmax_readout`).
+    Returns:
+        (K, Cv, M) readout; weights outside each query's top k are 0.
+    """
+    scores = affinity(memory_keys.float(), query_keys.float())[0]  # (N, M), float32 (an fp16 |k|^2 overflows)
+    kept, positions = scores.topk(min(top_k, scores.shape[0]), dim=0)  # (k, M)
+    weights = torch.zeros_like(scores).scatter_(0, positions, torch.softmax(kept, dim=0))  # (N, M)
+    return memory_values @ weights.to(memory_values.dtype)

@@ -20,6 +20,7 @@ import torch
 
 from eamstcn import ops, sizes
 from eamstcn.checkpoint import CheckpointError, build_model, file_sha256, load_checkpoint
+from eamstcn.cpu_features import detect_target
 from eamstcn.export import fp16 as fp16_graphs
 from eamstcn.export.calibration_source import DEFAULT_FRAMES as DEFAULT_CALIBRATION_FRAMES
 from eamstcn.export.calibration_source import CalibrationSource, load_calibration
@@ -27,7 +28,6 @@ from eamstcn.export.destination import staged_bundle
 from eamstcn.export.errors import ExportError
 from eamstcn.export.int8_target import TARGETS as INT8_TARGETS
 from eamstcn.export.int8_target import Int8Recipe, recipe as int8_recipe
-from eamstcn.runtime.engines.cpu_features import detect_target
 from eamstcn.export.manifest import build_manifest, file_entry, write_manifest
 from eamstcn.export.onnx_export import MIN_OPSET, check, max_opset, object_axes, simplify, to_onnx
 from eamstcn.export.parity import (

@@ -5,8 +5,8 @@ intermediate tensors, so random or synthetic tensors would calibrate them on the
 ranges; instead the fp32 ONNX graphs run the runtime's schedule over each clip:
 
 - t = 0: key encoder; value encoder from the first mask; stored in memory.
-- t >= 1: key encoder; memory read with the runtime's top-k readout
-  (:func:`eamstcn.runtime.readout.topk_readout`); decoder; sigmoid and soft aggregation;
+- t >= 1: key encoder; memory read with the runtime's top-k readout, in its plain form
+  (:func:`eamstcn.ops.topk_softmax_readout`); decoder; sigmoid and soft aggregation;
   the value encoder on this frame's predicted masks (recorded on every frame: each is an
   input the runtime would give it if it saved the frame); every ``save_every`` frames the
   value is stored (the first frame stays, the oldest other frame goes when full).
@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from eamstcn import ops
 from eamstcn.export.calibration_source import CalibrationClip, CalibrationSource
 from eamstcn.graph_spec import DECODER, GRAPHS, KEY_ENCODER, VALUE_ENCODER
-from eamstcn.runtime.readout import topk_readout
 
 Feeds = dict[str, np.ndarray]
 #: graph name -> one session-like callable: feeds -> {output name: array}.
@@ -93,27 +92,23 @@ def _others(masks: torch.Tensor) -> torch.Tensor:
 
 
 class _Memory:
-    """Keys (Ck, N) and values (K, N, Cv) of the stored frames (the layout of
-    :func:`~eamstcn.runtime.readout.topk_readout`); the first frame is permanent."""
+    """Keys (1, Ck, N) and values (K, Cv, N) of the stored frames; the first frame is permanent."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.keys: list[torch.Tensor] = []  # (Ck, hw) per frame
-        self.values: list[torch.Tensor] = []  # (K, hw, Cv) per frame
+        self.keys: list[torch.Tensor] = []  # (1, Ck, hw) per frame
+        self.values: list[torch.Tensor] = []  # (K, Cv, hw) per frame
 
     def add(self, key: torch.Tensor, value: torch.Tensor) -> None:
         if len(self.keys) == self.capacity:
             del self.keys[1], self.values[1]
-        self.keys.append(key.flatten(2)[0])
-        self.values.append(value.flatten(2).transpose(1, 2))  # position-major (K, hw, Cv)
+        self.keys.append(key.flatten(2))
+        self.values.append(value.flatten(2))
 
     def read(self, query: torch.Tensor, top_k: int) -> torch.Tensor:
         """query (1, Ck, h, w) -> readout (K, Cv, h, w)."""
-        keys = torch.cat(self.keys, dim=1)
-        values = torch.cat(self.values, dim=1).contiguous()  # (K, N, Cv)
-        valid = torch.ones(keys.shape[1], dtype=torch.bool)
-        readout = topk_readout(keys, values, query.flatten(2)[0], valid, top_k)[0]  # (K, Cv, M)
-        return readout.reshape(values.shape[0], values.shape[2], *query.shape[-2:]).clone()
+        readout = ops.topk_softmax_readout(torch.cat(self.keys, dim=2), torch.cat(self.values, dim=2), query.flatten(2), top_k)
+        return readout.view(*readout.shape[:2], *query.shape[-2:])
 
 
 def _numpy(tensors: dict[str, torch.Tensor]) -> Feeds:

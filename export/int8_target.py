@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from eamstcn.runtime.engines.cpu_features import detect_target
+from eamstcn.cpu_features import detect_target
 
 TARGETS = ("auto", "x86-avx2", "x86-vnni", "arm")
 

@@ -16,7 +16,6 @@ from typing import Annotated, Optional
 import typer
 
 from eamstcn.cli_errors import run_app, size_option
-from eamstcn.runtime import quiet_opencv  # noqa: F401  (before anything opens a video)
 from eamstcn.runtime import termination
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.lost import DEFAULT_LOST_AFTER

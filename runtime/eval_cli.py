@@ -30,7 +30,7 @@ def evaluate_command(
     resolution: Annotated[Optional[str], typer.Option("--resolution", help="DAVIS resolution folder (default 480p, else Full-Resolution, else the only one).")] = None,
 ) -> None:
     """Segment every sequence with the per-frame session and score J, F and J&F."""
-    from eamstcn.evaluation.run_eval import EvalOptions, evaluate
+    from eamstcn.runtime.evaluate import EvalOptions, evaluate
     from eamstcn.runtime.config import MemoryConfig, SaveConfig
 
     if checkpoint is None and engines is None:

@@ -8,7 +8,7 @@ import pytest
 
 ENTRY_POINTS = {
     "eamstcn-train": ("eamstcn.training.cli", ["phase2", "--data", ".", "--out", "o", "--crop", "abc"]),
-    "eamstcn-eval": ("eamstcn.evaluation.cli", ["--data", ".", "--nope"]),
+    "eamstcn-eval": ("eamstcn.runtime.eval_cli", ["--data", ".", "--nope"]),
     "eamstcn-export": ("eamstcn.export.cli", ["--nope"]),
     "eamstcn-run": ("eamstcn.runtime.cli", ["--nope"]),
     "eamstcn-bench": ("eamstcn.bench.cli", ["--nope"]),

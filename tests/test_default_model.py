@@ -150,8 +150,8 @@ def test_export_without_checkpoint_or_bundled_model(tmp_path: Path, monkeypatch:
 
 
 def test_eval_uses_the_bundled_model_when_given_none(bundled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import eamstcn.evaluation.run_eval as run_eval
-    from eamstcn.evaluation.cli import app
+    import eamstcn.runtime.evaluate as run_eval
+    from eamstcn.runtime.eval_cli import app
 
     seen = {}
 
@@ -231,10 +231,10 @@ def test_bundled_frame_size_is_recorded_and_announced(bundled_sized: Path) -> No
 
 def test_run_export_eval_use_the_bundled_frame_size(bundled_sized: Path, clip_files, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import eamstcn.evaluation.run_eval as run_eval
+    import eamstcn.runtime.evaluate as run_eval
     import eamstcn.export.cli as export_cli
     import eamstcn.runtime.runner as runner
-    from eamstcn.evaluation.cli import app as eval_app
+    from eamstcn.runtime.eval_cli import app as eval_app
     from eamstcn.runtime.cli import app as run_app
 
     seen: dict[str, object] = {}

@@ -15,7 +15,7 @@ from eamstcn.checkpoint import save_checkpoint
 from eamstcn.config import TINY
 from eamstcn.data.davis_io import read_mask, write_frame
 from eamstcn.data.synth import generate_dataset
-from eamstcn.evaluation.cli import app
+from eamstcn.runtime.eval_cli import app
 from eamstcn.network import EamStcn
 from tests.conftest_runtime import runtime_assets  # noqa: F401
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eamstcn.data.synth import generate_dataset
-from eamstcn.evaluation.cli import app
+from eamstcn.runtime.eval_cli import app
 from tests.conftest_runtime import runtime_assets  # noqa: F401
 from tests.test_run_cli import assert_one_line_error
 
@@ -46,7 +46,7 @@ def test_out_that_is_a_file_is_refused_before_the_work(runtime_assets, davis: Pa
 def test_a_failed_write_is_one_line_and_keeps_what_was_written(runtime_assets, davis: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
     import errno
 
-    import eamstcn.evaluation.run_eval as run_eval
+    import eamstcn.runtime.evaluate as run_eval
 
     real = run_eval.write_indexed_png
     calls = [0]

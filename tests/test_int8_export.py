@@ -11,11 +11,11 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from eamstcn.cpu_features import cpu_flags, detect_target, int8_saturation_risk
 from eamstcn.export.calibration_source import ellipse_mask, load_calibration
 from eamstcn.export.errors import ExportError
 from eamstcn.export.int8_target import recipe
 from eamstcn.graph_spec import GRAPHS
-from eamstcn.runtime.engines.cpu_features import cpu_flags, detect_target, int8_saturation_risk
 from tests.conftest_int8 import CALIBRATION_FRAMES, export_int8_bundle, int8_bundle  # noqa: F401
 from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets  # noqa: F401
 

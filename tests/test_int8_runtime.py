@@ -71,7 +71,7 @@ def test_precision_int8_errors_are_one_line(runtime_assets: RuntimeAssets, int8_
 def test_run_and_eval_cli_take_precision_int8(int8_bundle: Path, tmp_path: Path) -> None:
     from eamstcn.data.davis_io import write_frame
     from eamstcn.data.synth import generate_dataset, generate_sequence
-    from eamstcn.evaluation.cli import app as eval_app
+    from eamstcn.runtime.eval_cli import app as eval_app
     from eamstcn.runtime.cli import app as run_app
 
     clip = generate_sequence(4, frames=5, height=64, width=56, objects=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eamstcn.ops import affinity, pad_amounts, pad_to_multiple, padded_size, soft_aggregate, softmax_readout, unpad
+from eamstcn.ops import affinity, pad_amounts, pad_to_multiple, padded_size, soft_aggregate, softmax_readout, topk_softmax_readout, unpad
 
 
 @pytest.mark.parametrize("size", [(480, 854), (37, 51), (64, 64), (1, 17), (33, 100)])
@@ -55,3 +55,14 @@ def test_softmax_readout_weights_sum_to_one() -> None:
     keys, query = torch.randn(1, 8, 6), torch.randn(1, 8, 3)
     ones = torch.ones(2, 1, 6)  # a value of one everywhere reads back as one
     torch.testing.assert_close(softmax_readout(keys, ones, query), torch.ones(2, 1, 3))
+
+
+def test_topk_softmax_readout_keeps_the_k_best_positions_per_query() -> None:
+    torch.manual_seed(0)
+    keys, values, query = torch.randn(1, 8, 30, dtype=torch.float64), torch.randn(3, 5, 30), torch.randn(1, 8, 7, dtype=torch.float64)
+    scores = affinity(keys, query)[0]  # (N, M) in float64, by another route than the read's
+    kept = scores >= scores.topk(4, dim=0).values[-1:]
+    weights = torch.softmax(scores.masked_fill(~kept, float("-inf")), dim=0).float()
+    torch.testing.assert_close(topk_softmax_readout(keys, values, query, 4), values @ weights)
+    # Keeping every position is the dense read.
+    torch.testing.assert_close(topk_softmax_readout(keys, values, query, 99), softmax_readout(keys.float(), values, query.float()))

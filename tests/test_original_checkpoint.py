@@ -262,7 +262,7 @@ def test_eamstcn_run_says_converted_once(tiny_original: Path, davis_layout: Path
 
 
 def test_eamstcn_eval_says_converted_once(tiny_original: Path, davis_layout: Path, tmp_path: Path) -> None:
-    from eamstcn.evaluation.cli import app
+    from eamstcn.runtime.eval_cli import app
 
     result = CliRunner().invoke(app, ["--data", str(davis_layout), "--checkpoint", str(tiny_original),
                                       "--out", str(tmp_path / "out"), "--device", "cpu"])

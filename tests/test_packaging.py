@@ -20,7 +20,7 @@ RUNTIME_ONLY_MISSING = (*BLOCKED, "click", "psutil")
 ENTRY_MODULES = {
     "eamstcn-run": "eamstcn.runtime.cli",
     "eamstcn-export": "eamstcn.export.cli",
-    "eamstcn-eval": "eamstcn.evaluation.cli",
+    "eamstcn-eval": "eamstcn.runtime.eval_cli",
     "eamstcn-bench": "eamstcn.bench.cli",
     "eamstcn-train": "eamstcn.training.cli",
     "eamstcn-synth": "eamstcn.data.synth_cli",
@@ -90,16 +90,84 @@ def test_subpackages_install_under_eamstcn() -> None:
         assert spec is None or "eamstcn" not in str(spec.origin or ""), name
 
 
-def test_importing_eamstcn_makes_idle_openmp_threads_sleep() -> None:
-    """Set once, in the package, before any console script imports torch; a user's own
-    value wins (eamstcn-run measured 7.3 FPS spinning vs 20.2 passive on 2 cores)."""
-    import os
+def test_importing_the_library_leaves_the_process_environment_alone() -> None:
+    """The commands set what they need (eamstcn.entry_points); importing any module of the
+    four packages changes no environment variable."""
+    code = textwrap.dedent(
+        """
+        import importlib, os, pkgutil
+        import cv2  # opencv-python's own import sets LD_LIBRARY_PATH: not ours to judge
+        before = dict(os.environ)
+        import eamstcn, eamstcn.bench, eamstcn.export, eamstcn.runtime
+        for package in (eamstcn, eamstcn.runtime, eamstcn.export, eamstcn.bench):
+            for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+                importlib.import_module(module.name)
+        print(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)))
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("OMP_WAIT_POLICY", "OPENCV_"))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
-    code = "import os, eamstcn; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
+
+#: Runs console script ``argv[1]`` as pip's wrapper does (import its function, call it),
+#: with --help; prints OMP_WAIT_POLICY as it was when torch was first imported (or at the
+#: end when nothing imported torch) and whether torch was imported.
+_CONSOLE_SCRIPT = textwrap.dedent(
+    """
+    import importlib, os, sys
+    from importlib.abc import MetaPathFinder
+
+    seen = []
+
+    class Watch(MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" and not seen:
+                seen.append(os.environ.get("OMP_WAIT_POLICY"))
+            return None
+
+    sys.meta_path.insert(0, Watch())
+    prog, target = sys.argv[1], sys.argv[2]
+    module, _, function = target.partition(":")
+    sys.argv = [prog, "--help"]
+    try:
+        getattr(importlib.import_module(module), function)()
+    except SystemExit:
+        pass
+    print(seen[0] if seen else os.environ.get("OMP_WAIT_POLICY"), bool(seen))
+    """
+)
+
+
+def console_scripts() -> dict[str, str]:
+    """pyproject.toml's [project.scripts]: name -> "module:function"."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as file:
+        return tomllib.load(file)["project"]["scripts"]
+
+
+def test_every_console_script_is_known_here() -> None:
+    assert set(console_scripts()) == set(ENTRY_MODULES)
+
+
+@pytest.mark.parametrize("prog", sorted(ENTRY_MODULES))
+def test_console_scripts_make_idle_openmp_threads_sleep(prog: str) -> None:
+    """Set by the command before its module imports torch (OpenMP reads it once, when torch
+    loads it); eamstcn-run measured 7.3 FPS spinning vs 20.2 passive on 2 cores."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    command = [sys.executable, "-c", _CONSOLE_SCRIPT, prog, console_scripts()[prog]]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout, done.stdout
+    assert done.stdout.strip().splitlines()[-1].split()[0] == "PASSIVE"
+
+
+def test_a_users_openmp_wait_policy_wins() -> None:
+    env = {**__import__("os").environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    command = [sys.executable, "-c", _CONSOLE_SCRIPT, "eamstcn-run", console_scripts()["eamstcn-run"]]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "ACTIVE True"
 
 
 @pytest.mark.parametrize("prog", sorted(ENTRY_MODULES))

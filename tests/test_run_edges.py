@@ -154,7 +154,9 @@ def test_ffmpeg_and_opencv_log_lines_are_silenced(clip, files, tmp_path: Path) -
 
     if "moov atom not found" not in stderr_of(""):
         pytest.skip("this OpenCV/FFmpeg build prints nothing for a truncated mp4 anyway")
-    assert stderr_of("from eamstcn.runtime import quiet_opencv") == ""
+    assert stderr_of("from eamstcn.entry_points import quiet_opencv; quiet_opencv()") == ""
+    # Called after cv2 loaded (the order does not matter, only that it comes before a video opens).
+    assert stderr_of("import cv2; from eamstcn.entry_points import quiet_opencv; quiet_opencv()") == ""
 
 
 def test_eamstcn_run_prints_no_ffmpeg_lines_for_a_truncated_mp4(files, tmp_path: Path) -> None:

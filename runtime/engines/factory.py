@@ -161,7 +161,7 @@ def int8_graphs_line(raw_manifest: dict) -> str:
 
 def _saturation(engines: EngineSet) -> list[str]:
     """A warning when INT8 engines quantized for VNNI CPUs run on a CPU without VNNI."""
-    from eamstcn.runtime.engines.cpu_features import int8_saturation_risk
+    from eamstcn.cpu_features import int8_saturation_risk
 
     risk = int8_saturation_risk(engines.manifest.raw.get("int8", {}).get("recipe", {}))
     return [risk] if risk else []
