@@ -77,9 +77,17 @@ class MemoryBank:
         self._values = torch.zeros(max_objects, total, hw, value_dim, device=device, dtype=dtype)
         self._valid = torch.zeros(total, hw, **boolean)
         self._readout = torch.empty(max_objects, value_dim, hw, device=device, dtype=dtype)
+        self._device = self._keys.device
+        #: Why reads do not use the fused kernel although ``read_kernel`` allowed it, or None.
+        self.read_kernel_note: str | None = None
+        self._fused = self._fused_read(config, key_dim, value_dim, self._read_slots * hw)
+        # The fused kernel never needs the dense (M, N) affinity (672 MB at 64 frames of
+        # 480x864): only the torch read gets it.
         self._work = ReadoutBuffers.allocate(
-            self._read_slots * hw, hw, config.top_k, key_dim=key_dim, value_dim=value_dim, device=device, dtype=dtype, chunk_divides=hw
-        )
+            self._read_slots * hw, hw, config.top_k, key_dim=key_dim, value_dim=value_dim, device=device, dtype=dtype,
+            chunk_divides=hw, dense=self._fused is None,
+        )  # fmt: skip
+        self._partial = self._fused.partial_buffer(hw, self._device) if self._fused is not None else None
         self._key32 = torch.empty(key_dim, hw, **fp32)
         self._key_product = torch.empty(key_dim, hw, **fp32)
         self._new_sq_norm = torch.empty(1, hw, **fp32)
@@ -111,8 +119,6 @@ class MemoryBank:
         # A store decided against goes to the temporary slot when there is one (the frame
         # is then "the last frame"), else to the scratch slot.
         self._fallback = torch.tensor([capacity if config.temporary_slot else total - 1], **int64)
-        self._device = self._keys.device
-        self._fused = self._fused_read(config, key_dim, value_dim, self._read_slots * hw)
 
         self._num_objects = num_objects
         self._num_permanent = 0
@@ -181,7 +187,8 @@ class MemoryBank:
     @property
     def nbytes(self) -> int:
         """Bytes held on the device by the bank, work buffers included."""
-        return sum(t.nbytes for t in self._tensors()) + self._work.nbytes
+        partial = self._partial.nbytes if self._partial is not None else 0
+        return sum(t.nbytes for t in self._tensors()) + self._work.nbytes + partial
 
     # ------------------------------------------------------------------ stream control
     def reset(self, num_objects: int | None = None) -> None:
@@ -290,8 +297,9 @@ class MemoryBank:
         if self._fused is not None:
             if query.dtype != torch.float32:
                 query = work.query.copy_(query)
-            torch.where(valid, sq_norm, work.masked, out=work.bias)
-            self._fused(keys, work.bias, query, values, out.view(k, self._value_dim, hw), work.weights, work.indices)
+            bias = work.bias[: slots * hw]  # the front: reads may skip unfilled slots
+            torch.where(valid, sq_norm, work.masked, out=bias)
+            self._fused(keys, bias, query, values, out.view(k, self._value_dim, hw), work.weights, work.indices, self._partial)
             weights, indices = work.weights, work.indices
         else:
             weights, indices = topk_weights(keys, sq_norm, valid, query, work)
@@ -319,7 +327,9 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ internals
     def _fused_read(self, config: MemoryConfig, key_dim: int, value_dim: int, num_memory: int) -> Any:
-        """The fused Triton read when config, device and shapes allow it, else None.
+        """The fused Triton read when config, device and shapes allow it and a warm-up
+        read (compile + a check against the torch read) succeeds, else None (with
+        ``read_kernel`` "auto": the torch read, the reason in :attr:`read_kernel_note`).
 
         Triton's interpreter (TRITON_INTERPRET=1) runs it on the CPU, for tests only."""
         if config.read_kernel == "torch":
@@ -331,16 +341,28 @@ class MemoryBank:
             problem = "needs a CUDA device"
         else:
             try:
-                from eamstcn.runtime.readout_triton import FusedTopkRead
+                from eamstcn.runtime.readout_triton import FusedTopkRead, triton_problem
             except ImportError as error:
                 problem = f"needs triton ({error})"
             else:
-                if not FusedTopkRead.supports(key_dim, value_dim, config.top_k) or num_memory < config.top_k:
+                problem = triton_problem()
+                if problem is None and (not FusedTopkRead.supports(key_dim, value_dim, config.top_k) or num_memory < config.top_k):
                     problem = f"does not take key_dim {key_dim}, value_dim {value_dim}, top_k {config.top_k}"
+        fused = None
         if problem is None:
-            return FusedTopkRead(key_dim, value_dim, config.top_k, keys_fp16=self._dtype == torch.float16)
+            fused = FusedTopkRead(key_dim, value_dim, config.top_k, keys_fp16=self._dtype == torch.float16)
+            try:
+                fused.warm_up(self._device)
+            except Exception as error:  # noqa: BLE001 - any compile or launch failure: the torch read
+                text = str(error).strip()
+                problem = f"failed its warm-up read ({text.splitlines()[0] if text else type(error).__name__})"
+                fused = None
+        if problem is None:
+            return fused
         if config.read_kernel == "triton":
             raise ValueError(f"read_kernel 'triton' {problem}")
+        if runs_here:  # on a CPU the torch read is simply the read: nothing to report
+            self.read_kernel_note = f"fused Triton read {problem}: the torch read runs"
         return None
 
     def _store(self, flag: torch.Tensor, key: torch.Tensor, value: torch.Tensor, permanent: bool) -> None:

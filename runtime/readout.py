@@ -21,7 +21,7 @@ silently vanish from every read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -75,13 +75,26 @@ class ReadoutBuffers:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         chunk_divides: int | None = None,
+        dense: bool = True,
     ) -> ReadoutBuffers:
         """Buffers for N = ``num_memory``, M = ``num_queries``, k = min(top_k, N), values
         of ``value_dim`` channels in ``dtype`` (keys and scores are always float32).
 
         ``chunk_divides``: a length every read's N is a multiple of (the bank passes its
         positions per frame, so reads of fewer frames can use the two-stage top-k too);
-        default N."""
+        default N. ``dense=False``: no (M, N) affinity and no top-k or gather work
+        buffers (the fused Triton read needs only query, bias, weights and indices);
+        :func:`topk_weights` refuses such buffers."""
+        if not dense:
+            full = cls.allocate(1, num_queries, 1, key_dim=key_dim, value_dim=1, device=device, dtype=dtype)
+            k = min(top_k, num_memory)
+            return replace(
+                full,
+                weights=torch.empty(num_queries, k, device=device, dtype=torch.float32),
+                indices=torch.empty(num_queries, k, device=device, dtype=torch.int64),
+                bias=torch.empty(num_memory, device=device, dtype=torch.float32),
+                affinity=torch.empty(0, 0, device=device, dtype=torch.float32),
+            )
         k = min(top_k, num_memory)
         fp32 = {"device": device, "dtype": torch.float32}
         int64 = {"device": device, "dtype": torch.int64}
@@ -117,7 +130,12 @@ class ReadoutBuffers:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(M, N, k)."""
-        return (self.affinity.shape[0], self.affinity.shape[1], self.weights.shape[1])
+        return (self.query.shape[1], self.bias.shape[0], self.weights.shape[1])
+
+    @property
+    def dense(self) -> bool:
+        """Whether these buffers hold the (M, N) affinity the torch read needs."""
+        return self.affinity.numel() > 0
 
 
 def _chunk_length(divides: int, num_memory: int, k: int) -> int:
@@ -185,6 +203,8 @@ def topk_weights(
         ``(weights (M, k) float32, indices (M, k) int64)``: views of ``buffers``,
         overwritten by the next call. Weights are sorted, largest first.
     """
+    if not buffers.dense:
+        raise ValueError("these readout buffers were allocated for the fused read (dense=False): no affinity")
     key_dim, num_memory = memory_keys.shape
     num_queries = buffers.affinity.shape[0]
     if query_key.dtype != torch.float32:
