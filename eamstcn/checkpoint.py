@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from eamstcn import original_checkpoint
 from eamstcn.config import ModelConfig
+from eamstcn.fileio import atomic_target
 from eamstcn.fileio import file_sha256  # noqa: F401  (re-exported: export records checkpoint hashes)
 
 if TYPE_CHECKING:
@@ -41,22 +41,14 @@ class Checkpoint:
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it.
+    """``torch.save`` to ``path`` through :func:`eamstcn.fileio.atomic_target`.
 
     A crash or Ctrl-C mid-write leaves the previous file intact, never a torn one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as temp, open(temp, "xb") as stream:
+        torch.save(obj, stream)
+        stream.flush()
+        os.fsync(stream.fileno())  # on disk before the rename makes it the checkpoint
 
 
 def save_checkpoint(

@@ -4,23 +4,38 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename over it: a crash
-    leaves the old file or the new one, never a torn one. Creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@contextmanager
+def atomic_target(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the body succeeds it replaces ``path``
+    (``os.replace``), else it is removed. The one atomic writer: a crash or Ctrl-C leaves
+    the old file or the new one, never a torn one. Creates parent folders.
+
+    The temporary file is in the same folder, so the replace is a rename on one file
+    system. Its name is unique (pid + random) rather than made by ``mkstemp``, whose 0600
+    mode would survive the rename and leave results unreadable to other users: the body
+    creates the file, with the process's normal mode (0666 minus the umask). ``suffix``
+    ends the temporary name (a video writer picks its container from it).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        yield temp
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_target`."""
+    with atomic_target(path) as temp, open(temp, "xb") as stream:
+        stream.write(data)
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -16,14 +16,14 @@ background); DAVIS-2016 masks are grayscale PNGs holding 0/255 (one object).
 from __future__ import annotations
 
 import os
-import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from eamstcn.fileio import atomic_target
 
 __all__ = [
     "DAVIS_PALETTE",
@@ -82,24 +82,6 @@ _PALETTE_INDEX_OF_COLOUR: dict[int, int] = {
 # --------------------------------------------------------------------------- writing
 
 
-@contextmanager
-def _atomic_target(path: StrPath) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` if the body succeeds.
-
-    The temporary file lives in the same folder so that ``os.replace`` is a rename on
-    one file system: readers never see a half-written image.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name rather than mkstemp: mkstemp's 0600 mode would survive the rename.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _as_label_image(labels: np.ndarray) -> np.ndarray:
     """Validate ids (H, W) in 0..255 and return them as C-contiguous uint8."""
     array = np.asarray(labels)
@@ -117,14 +99,13 @@ def _as_label_image(labels: np.ndarray) -> np.ndarray:
 def write_indexed_png(path: StrPath, labels: np.ndarray) -> None:
     """Write object ids (H, W) uint8 as a palette ("P") PNG with :data:`DAVIS_PALETTE`.
 
-    Written atomically (temporary file in the same folder, then ``os.replace``); parent
-    folders are created.
+    Written atomically (:func:`eamstcn.fileio.atomic_target`); parent folders are created.
     """
     array = _as_label_image(labels)
     height, width = array.shape
     image = Image.frombytes("P", (width, height), array.tobytes())
     image.putpalette(DAVIS_PALETTE.tobytes())
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         image.save(tmp, format="PNG")
 
 
@@ -135,7 +116,7 @@ def write_frame(path: StrPath, frame: np.ndarray, quality: int = 95) -> None:
         raise ValueError(f"frame must be (H, W, 3) uint8, got {array.shape} {array.dtype}")
     image = Image.fromarray(np.ascontiguousarray(array))
     is_jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         if is_jpeg:
             image.save(tmp, format="JPEG", quality=quality)
         else:

@@ -27,7 +27,6 @@ import colorsys
 import math
 import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eamstcn.data.davis_io import write_sequence
+from eamstcn.fileio import atomic_target
 
 __all__ = [
     "SyntheticSequence",
@@ -670,20 +670,16 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 2
     if height % 2 or width % 2:  # FFmpeg's mpeg4 encoder would silently drop a row/column
         raise ValueError(f"mp4v video needs an even height and width, got {height}x{width}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.{secrets.token_hex(4)}{target.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
-    try:
-        if not writer.isOpened():
-            raise VideoWriteError(
-                f"cannot write video {target}: OpenCV could not open an mp4v writer for "
-                f"{width}x{height} (extension not a video container, or OpenCV without FFmpeg?)"
-            )
-        for frame in array:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        writer.release()
-        os.replace(tmp, target)
-    finally:
-        writer.release()
-        tmp.unlink(missing_ok=True)
+    with atomic_target(target, suffix=target.suffix) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        try:
+            if not writer.isOpened():
+                raise VideoWriteError(
+                    f"cannot write video {target}: OpenCV could not open an mp4v writer for "
+                    f"{width}x{height} (extension not a video container, or OpenCV without FFmpeg?)"
+                )
+            for frame in array:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()  # the file is complete before atomic_target renames it
     return target

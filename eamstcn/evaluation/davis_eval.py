@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from eamstcn.data.davis_io import read_mask
 from eamstcn.evaluation.metrics import evaluate_sequence, object_statistics
+from eamstcn.fileio import atomic_target
 
 __all__ = ["EvalResult", "ObjectResult", "evaluate_predictions", "SUMMARY_KEYS", "ROW_KEYS"]
 
@@ -121,16 +121,8 @@ class EvalResult:
 
 
 def _write_rows_atomic(path: Path, rows: list[list[str]]) -> None:
-    # The temp file lives in the target folder so os.replace is a same-filesystem rename.
-    # A unique name opened with "x" rather than mkstemp: mkstemp's 0600 mode would
-    # survive the rename, leaving results unreadable to other users.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_target(path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
 
 
 def _load_sequence(gt_dir: Path, pred_dir: Path) -> tuple[np.ndarray, np.ndarray]:
