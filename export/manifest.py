@@ -14,14 +14,7 @@ from typing import Any
 
 from eamstcn.checkpoint import file_sha256
 from eamstcn.graph_spec import IMAGENET_MEAN, IMAGENET_STD
-
-MANIFEST_NAME = "manifest.json"
-FORMAT_TAG = "eamstcn-engines"
-FORMAT_VERSION = 1
-
-#: precision -> dtype of every input and output of a file with that precision.
-#: INT8 files are QDQ graphs: weights and activations in 8 bits inside, float32 interface.
-PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32"}
+from eamstcn.manifest_spec import FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, PRECISION_DTYPES
 
 
 def _version(distribution: str) -> str | None:

@@ -22,13 +22,11 @@ import torch
 from eamstcn import graph_spec
 from eamstcn.config import ModelConfig
 from eamstcn.fileio import file_sha256
+from eamstcn.manifest_spec import FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, PRECISION_DTYPES
 from eamstcn.ops import pad_amounts
 from eamstcn.runtime.engines.base import TensorSpec
 from eamstcn.runtime.onnx_io import OnnxReadError, ValueSignature, read_signature
 
-MANIFEST_NAME = "manifest.json"
-FORMAT_TAG = "eamstcn-engines"
-FORMAT_VERSION = 1
 EXPORT_HINT = "eamstcn-export --checkpoint best.pth --fp16"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -188,7 +186,7 @@ def _parse_file(item: dict[str, Any], root: Path | None) -> GraphFile:
     relative = Path(str(item["path"]))
     if relative.is_absolute() or ".." in relative.parts:
         raise ValueError(f"file path {relative} must be relative to the bundle")
-    dtype_name = str(item.get("dtype") or ("float16" if item.get("precision") == "fp16" else "float32"))
+    dtype_name = str(item.get("dtype") or PRECISION_DTYPES.get(str(item.get("precision")), "float32"))
     if dtype_name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype_name!r}")
     size = item.get("bytes")
