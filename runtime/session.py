@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
-from eamstcn.runtime.cuda_graphs import FusedStep, GraphedPhase, new_pool
+from eamstcn.runtime.cuda_graphs import FusedStep, GraphedPhase, conditional_nodes_available, new_pool, step_mode
 from eamstcn.runtime.engines.base import EngineSet
 from eamstcn.runtime.geometry import Geometry
 from eamstcn.runtime.objects import ObjectError, ObjectRegistry, one_hot, overwrite, to_graph_size
@@ -71,9 +71,10 @@ class Session:
             ``max_objects`` (the engines' limit), else :data:`DEFAULT_MAX_OBJECTS`.
         timing: collect per-stage timings into :attr:`last_stats` (CUDA events on CUDA;
             reading them waits for the device once per frame).
-        cuda_graphs: capture the steady phases as CUDA graphs; default: on CUDA without
-            timing (with timing, each stage is timed eagerly unless this is True, and
-            then a captured run of stages is timed as one stage, "frame" or "store").
+        cuda_graphs: capture the steady phases as CUDA graphs; default: on CUDA. Timing
+            does not turn them off (what is timed is the mode users run): a captured run
+            of stages is then one stage, "step", "frame" or "store". For a per-stage
+            breakdown on CUDA pass ``cuda_graphs=False`` (an eager breakdown).
     """
 
     def __init__(
@@ -98,15 +99,26 @@ class Session:
         cuda = self.device.type == "cuda"
         if cuda_graphs and not cuda:
             raise SessionError("CUDA graphs need a CUDA device")
-        self.cuda_graphs = cuda and (cuda_graphs if cuda_graphs is not None else not timing)
+        self.cuda_graphs = cuda and (cuda_graphs if cuda_graphs is not None else True)
         self._stream = torch.cuda.Stream(self.device) if cuda else None
         self._pool = new_pool() if self.cuda_graphs else None
         self.timer = StageTimer(self.device, timing)
         self.last_stats: StepStats | None = None
         #: Stores run before the host knew the decision (masked by the device flag).
         self.speculative_stores = 0
+        #: Store phases the host enqueued (speculative ones included; a store inside the
+        #: one-graph step runs on the device's decision and is not counted here).
+        self.store_runs = 0
         #: Why a faster path was not taken (one line each).
         self.notes: list[str] = []
+        self._fused_broken = False
+        self._capture_failed = False
+        if self.cuda_graphs and not conditional_nodes_available():
+            # Checked at start-up: the API is undocumented and may be missing from a torch.
+            self.notes.append(
+                "this torch has no CUDA graph conditional nodes (CUDAGraph.begin_capture_to_if_node): "
+                "per-phase CUDA graphs, the store decided by the host"
+            )
         self.objects = ObjectRegistry(self.device, self.max_objects)
         self._core: StepCore | None = None
         self._state = _StreamState()
@@ -115,6 +127,16 @@ class Session:
     @property
     def num_objects(self) -> int:
         return len(self.objects)
+
+    @property
+    def step_mode(self) -> str:
+        """How steady frames run: ``ONE_GRAPH`` (the whole step one CUDA graph, the store
+        in a conditional node), ``PER_PHASE`` (CUDA graphs per phase, the store decided by
+        the host, speculative while it cannot see the decision) or ``EAGER``. Known at
+        start-up; changes if a capture fails (see :attr:`notes`)."""
+        engines = (self.engines.key_encoder, self.engines.value_encoder, self.engines.decoder)
+        fused_ok = conditional_nodes_available() and not self._fused_broken
+        return step_mode(self.cuda_graphs, all(engine.capturable for engine in engines), fused_ok, self._capture_failed)
 
     @property
     def object_ids(self) -> tuple[int, ...]:
@@ -273,7 +295,8 @@ class Session:
             fused.run(self.timer)
         except RuntimeError as error:
             fused.broken = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            self.notes.append(f"one-graph step unavailable ({fused.broken}): per-phase CUDA graphs")
+            self._fused_broken = True
+            self._note(f"one-graph step unavailable ({fused.broken}): per-phase CUDA graphs")
             return False
         return True
 
@@ -288,6 +311,7 @@ class Session:
             return  # (with a temporary slot every frame is written somewhere)
         if known is None:
             self.speculative_stores += 1
+        self.store_runs += 1
         core.run_store(self.num_objects, self.timer, self._graphs())
 
     # ------------------------------------------------------------------ helpers
@@ -295,7 +319,15 @@ class Session:
         if not self.cuda_graphs:
             return None
         pool = self._pool
-        return lambda phase: GraphedPhase(phase, pool)
+        return lambda phase: GraphedPhase(phase, pool, notify=self._capture_failure)
+
+    def _capture_failure(self, message: str) -> None:
+        self._capture_failed = True
+        self._note(message)
+
+    def _note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
 
     def _pending_stores(self) -> bool:
         """Whether the last frame's pending store will write (reads the device)."""

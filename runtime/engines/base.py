@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 
 if TYPE_CHECKING:
+    from eamstcn.runtime.engines.binding import BoundEngine
     from eamstcn.runtime.manifest import Manifest
 
 #: A dimension is a size, or a symbol: "K" (objects, dynamic) or "H"/"W" (frame-sized).
@@ -61,7 +62,19 @@ class Engine(Protocol):
     Outputs live on the engine set's device. Backends may reuse output buffers: an
     output is valid until the next call of the same engine with the same K, so callers
     copy what they keep (the memory bank copies on ``add``).
+
+    The step binds every engine once per K (:meth:`bind`) and runs the binding each
+    frame; ``capturable`` says whether such a run may be captured into a CUDA graph.
     """
+
+    #: True when a bound run is pure stream work (no host sync, no host-side state
+    #: that changes per call): safe to capture into a CUDA graph.
+    capturable: bool
+
+    def bind(self, inputs: dict[str, torch.Tensor], num_objects: int) -> BoundEngine:
+        """This engine bound to fixed ``inputs`` (kept alive) and fixed outputs for K =
+        ``num_objects``: ``run()`` takes no arguments and writes the same tensors."""
+        ...
 
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]: ...
@@ -77,7 +90,10 @@ class Engine(Protocol):
 class GraphEngine:
     """What every backend shares: the graph's name, its I/O specs and the check each call
     makes first. Subclasses call :meth:`_begin_call` at the top of ``__call__`` and
-    ``super().close()`` in ``close``."""
+    ``super().close()`` in ``close``; those that can bind natively (ONNX Runtime's I/O
+    binding, TensorRT's tensor addresses) override :meth:`bind`."""
+
+    capturable = False
 
     def __init__(self, graph: str, input_specs: tuple[TensorSpec, ...], output_specs: tuple[TensorSpec, ...]) -> None:
         self.graph = graph
@@ -92,6 +108,12 @@ class GraphEngine:
     @property
     def output_specs(self) -> tuple[TensorSpec, ...]:
         return self._output_specs
+
+    def bind(self, inputs: dict[str, torch.Tensor], num_objects: int) -> BoundEngine:
+        """Default: call the engine and copy its outputs into fixed tensors."""
+        from eamstcn.runtime.engines.binding import CopyBinding  # binding imports this module
+
+        return CopyBinding(self, inputs, num_objects)
 
     def _begin_call(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise :class:`EngineError` when closed or when ``inputs`` are not the graph's."""

@@ -5,8 +5,9 @@ buffers; every frame then calls :meth:`BoundEngine.run`, and the outputs appear 
 same tensors at the same addresses. That is what ONNX Runtime's I/O binding and
 TensorRT's tensor addresses want, and what a CUDA graph needs.
 
-Backends that can bind natively return their own :class:`BoundEngine` from
-``engine.bind(inputs, num_objects)`` (ONNX Runtime). Any other engine gets a
+Binding is part of the engine protocol (:class:`~eamstcn.runtime.engines.base.Engine`):
+backends that can bind natively return their own :class:`BoundEngine` from
+``engine.bind(inputs, num_objects)`` (ONNX Runtime, TensorRT). The others inherit
 :class:`CopyBinding`: it calls the engine and copies the outputs into fixed tensors (the
 torch backend: its outputs are fresh tensors; under CUDA graph capture they come from
 the graph's pool and the copies are captured with them).
@@ -34,14 +35,8 @@ class BoundEngine(Protocol):
 
 
 def bind(engine: Engine, inputs: dict[str, torch.Tensor], num_objects: int) -> BoundEngine:
-    """Bind ``engine`` to ``inputs`` (kept alive by the binding) for ``num_objects``.
-
-    Uses the engine's own ``bind`` when it has one, else a :class:`CopyBinding`.
-    """
-    native = getattr(engine, "bind", None)
-    if native is not None:
-        return native(inputs, num_objects)
-    return CopyBinding(engine, inputs, num_objects)
+    """Bind ``engine`` to ``inputs`` (kept alive by the binding) for ``num_objects``."""
+    return engine.bind(inputs, num_objects)
 
 
 def concrete_shapes(specs: tuple[TensorSpec, ...], num_objects: int) -> dict[str, tuple[int, ...]] | None:
@@ -65,7 +60,7 @@ class CopyBinding:
     def __init__(self, engine: Engine, inputs: dict[str, torch.Tensor], num_objects: int) -> None:
         self.engine = engine
         self.inputs = dict(inputs)
-        self.capturable = bool(getattr(engine, "capturable", False))
+        self.capturable = engine.capturable
         template = next(iter(self.inputs.values()))
         shapes = concrete_shapes(engine.output_specs, num_objects)
         if shapes is not None:

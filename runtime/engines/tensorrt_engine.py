@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, normalize_device
+from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, check_inputs, normalize_device
 from eamstcn.runtime.manifest import Manifest
 
 
@@ -77,7 +77,15 @@ class TensorRTEngine(GraphEngine):
 
     Outputs are preallocated per object count K and reused (valid until the next call
     with the same K). K must lie in the plan's optimisation profile 0.
+
+    :meth:`bind` (what the step uses) sets shapes and tensor addresses once per K; a
+    bound run is one ``execute_async_v3``, captured into CUDA graphs like the torch
+    backend (TensorRT's documented rule: enqueue once before capturing, which the
+    step's eager first run does). Not run anywhere yet: TensorRT cannot be installed on
+    this project's machines.
     """
+
+    capturable = True
 
     def __init__(self, graph: str, engine: Any, device: torch.device, input_specs: tuple[TensorSpec, ...], output_specs: tuple[TensorSpec, ...]) -> None:
         super().__init__(graph, input_specs, output_specs)
@@ -87,6 +95,7 @@ class TensorRTEngine(GraphEngine):
             raise EngineError(f"TensorRT could not create an execution context for {graph} (out of GPU memory?)")
         self._device = device
         self._outputs: dict[int, dict[str, torch.Tensor]] = {}
+        self.bound_by: dict[str, torch.Tensor] | None = None  # whose addresses the context holds
         self.object_range = self._profile_object_range()
 
     def _profile_object_range(self) -> tuple[int, int]:
@@ -99,6 +108,10 @@ class TensorRTEngine(GraphEngine):
                 low, high = max(low, int(minimum[0])), min(high, int(maximum[0]))
                 has_object_axis = True
         return (low, high) if has_object_axis else (1, 1)
+
+    def bind(self, inputs: dict[str, torch.Tensor], num_objects: int) -> TensorRTBinding:
+        check_inputs(self.graph, self._input_specs, inputs)
+        return TensorRTBinding(self, inputs, num_objects)
 
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         self._begin_call(inputs)
@@ -129,6 +142,7 @@ class TensorRTEngine(GraphEngine):
             self._outputs[num_objects] = outputs
         for name, tensor in outputs.items():
             self._context.set_tensor_address(name, tensor.data_ptr())
+        self.bound_by = None  # a binding must set its own addresses again
         stream = torch.cuda.current_stream(self._device)
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise EngineError(f"TensorRT failed to enqueue {self.graph}")
@@ -148,6 +162,25 @@ class TensorRTEngine(GraphEngine):
                     f"{self.graph}: TensorRT infers {spec.name} {list(inferred)} at K={num_objects}; "
                     f"the manifest says {list(spec.concrete(num_objects))}: re-export the bundle"
                 )
+
+    def _apply(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], num_objects: int) -> None:
+        """Shapes and addresses of one binding into the context (host calls only)."""
+        low, high = self.object_range
+        if not low <= num_objects <= high:
+            raise EngineError(f"{self.graph}: the TensorRT plan takes {low}..{high} objects, got {num_objects}; re-export with a larger --max-objects")
+        for spec in self._input_specs:
+            tensor = inputs[spec.name]
+            if not self._context.set_input_shape(spec.name, tuple(tensor.shape)):
+                raise EngineError(f"{self.graph}: TensorRT rejects shape {tuple(tensor.shape)} for {spec.name}")
+            self._context.set_tensor_address(spec.name, tensor.data_ptr())
+        for name, tensor in outputs.items():
+            self._context.set_tensor_address(name, tensor.data_ptr())
+        self.bound_by = outputs
+
+    def _enqueue(self) -> None:
+        stream = torch.cuda.current_stream(self._device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise EngineError(f"TensorRT failed to enqueue {self.graph}")
 
     def close(self) -> None:
         super().close()
@@ -191,3 +224,33 @@ def open_tensorrt_engines(manifest: Manifest, device: torch.device, precision: s
         precision=precision,
         notes=[f"object range {engines[graph_spec.DECODER].object_range}"],
     )
+
+
+class TensorRTBinding:
+    """A TensorRT engine bound to fixed inputs and its own outputs for one K.
+
+    Shapes and addresses are set when bound, and again only when another binding (another
+    K) of the same engine ran in between: a steady frame is one ``execute_async_v3``.
+    """
+
+    capturable = True
+
+    def __init__(self, engine: TensorRTEngine, inputs: dict[str, torch.Tensor], num_objects: int) -> None:
+        for spec in engine.input_specs:
+            tensor = inputs[spec.name]
+            if tensor.device != engine._device or tensor.dtype != spec.dtype or not tensor.is_contiguous():  # noqa: SLF001
+                raise EngineError(f"{engine.graph}: input {spec.name} must be contiguous {spec.dtype} on {engine._device}")  # noqa: SLF001
+        self.engine = engine
+        self.num_objects = num_objects
+        self.inputs = dict(inputs)
+        self.outputs = {s.name: torch.empty(s.concrete(num_objects), device=engine._device, dtype=s.dtype) for s in engine.output_specs}  # noqa: SLF001
+        with torch.cuda.device(engine._device):  # noqa: SLF001
+            engine._apply(self.inputs, self.outputs, num_objects)  # noqa: SLF001
+            engine._check_output_shapes(num_objects)  # noqa: SLF001
+
+    def run(self) -> None:
+        engine = self.engine
+        with torch.cuda.device(engine._device):  # noqa: SLF001
+            if engine.bound_by is not self.outputs:
+                engine._apply(self.inputs, self.outputs, self.num_objects)  # noqa: SLF001
+            engine._enqueue()  # noqa: SLF001
