@@ -40,6 +40,7 @@ class RunRecord:
     peak_host_mb: float
     peak_device_mb: float
     device_memory_source: str = ""
+    step_mode: str = ""  # how the steady frames ran (Session.step_mode, after the pass)
 
 
 def _host_rss_mb() -> float:
@@ -105,7 +106,7 @@ def run_clip(
     # Sampled, not a true peak: a device-wide counter (NVML or cudaMemGetInfo) sees ORT's and
     # TensorRT's memory, which torch.cuda.max_memory_allocated does not.
     peak_device = max(peak_device, device_memory_mb(device)[0])
-    return RunRecord(labels, totals, stages, elapsed, saved, session.memory_frames, peak_host, peak_device, device_source)
+    return RunRecord(labels, totals, stages, elapsed, saved, session.memory_frames, peak_host, peak_device, device_source, session.step_mode)
 
 
 def mask_agreement(labels: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, float]:
@@ -133,6 +134,7 @@ def summarise(backend: str, engines: EngineSet, record: RunRecord) -> BackendRes
         backend=backend,
         device=str(engines.device),
         precision=engines.precision,
+        step_mode=record.step_mode,
         frames=frames,
         fps=frames / record.elapsed_s if record.elapsed_s > 0 else float("nan"),
         frame_median_ms=statistics.median(record.totals_ms),

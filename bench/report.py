@@ -21,7 +21,7 @@ def format_table(header: dict[str, Any], results: list[BackendResult]) -> str:
     """Header lines (device, versions, size, K, memory) then one row per backend."""
     lines = [f"{key}: {value}" for key, value in header.items()]
     stages = stage_names(results)
-    columns = ["backend", "FPS", "frame ms", "p90", *[f"{s} ms" for s in stages], "outside nets", "speed-up", "IoU mean", "IoU min", "stored", "host MB", "dev MB"]
+    columns = ["backend", "FPS", "frame ms", "p90", *[f"{s} ms" for s in stages], "outside nets", "speed-up", "IoU mean", "IoU min", "stored", "host MB", "dev MB", "step"]
     rows = []
     for result in results:
         if result.status != "ok":
@@ -41,6 +41,7 @@ def format_table(header: dict[str, Any], results: list[BackendResult]) -> str:
                 str(result.memory_frames),
                 _number(result.peak_host_mb, 0),
                 _number(result.peak_device_mb, 0),
+                result.step_mode or "-",
             ]
         )
     widths = [max([len(columns[i]), *(len(row[i]) for row in rows if len(row) == len(columns))]) for i in range(len(columns))]  # a list: every row may be a skipped one
