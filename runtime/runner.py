@@ -392,7 +392,8 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
         extra_masks = {item.frame: item for item in planned}
 
         session = Session(engines, options.memory, options.save, max_objects=limit, timing=options.output is not None)
-        notify(f"step: {session.step_mode}" + "".join(f"; {note}" for note in session.notes))
+        if engines.device.type == "cuda":  # on a CPU the step is always eager: no line
+            notify(f"step: {session.step_mode}" + "".join(f"; {note}" for note in session.notes))
         upload = FrameUploader(engines.device)
         if options.show and display is None:
             display = Display(notify=notify)
