@@ -4,7 +4,7 @@
 ``eamstcn/weights/MODEL.json`` describes it::
 
     {"format": "eamstcn-bundled-model", "version": 1,
-     "name": "eamstcn-real-cpu", "file": "eamstcn-real-cpu.pth", "sha256": "...", "bytes": 123,
+     "name": "eamstcn-lite0", "file": "eamstcn-lite0.pth", "sha256": "...", "bytes": 123,
      "model_config": {...}, "training_command": "...", "numbers": {...}}
 
 The weights file is a checkpoint in our own format (:mod:`eamstcn.checkpoint`) holding

@@ -46,8 +46,12 @@ def evaluate_command(
             raise typer.Exit(2) from None
         typer.echo(model.describe(), err=True)
         checkpoint = model.path
-        if size is None and model.frame_size is not None:
-            size = f"{model.frame_size[0]}x{model.frame_size[1]}"
+        if size is None:
+            # Its exported engines too (auto: ONNX Runtime where installed); an explicit
+            # --size needs the PyTorch path, as engines have their own fixed size.
+            engines = model.engines
+            if model.frame_size is not None:
+                size = f"{model.frame_size[0]}x{model.frame_size[1]}"
     try:
         options = EvalOptions(
             data=data, out=out, checkpoint=checkpoint, engines=engines, backend=backend, precision=precision, device=device,

@@ -124,21 +124,23 @@ def test_run_uses_the_bundled_model_when_given_none(bundled: Path, clip_files, t
 
 
 def test_export_uses_the_bundled_model_when_given_none(bundled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.export.bundle as export_bundle_module
     import eamstcn.export.cli as export_cli
 
     seen = {}
 
     def fake_export(config, progress=None):
         seen["checkpoint"] = config.checkpoint
-        raise export_cli.ExportError("stopped here by the test")
+        raise export_bundle_module.ExportError("stopped here by the test")
 
-    monkeypatch.setattr(export_cli, "export_bundle", fake_export)
+    monkeypatch.setattr(export_bundle_module, "export_bundle", fake_export)  # imported when the command runs
     result = CliRunner().invoke(export_cli.app, ["--out", str(tmp_path / "engines")])
     assert seen["checkpoint"] == bundled_checkpoint()
     assert bundled_model().describe() in result.stderr
 
 
 def test_export_without_checkpoint_or_bundled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.export.bundle as export_bundle_module
     import eamstcn.export.cli as export_cli
 
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "none"))
@@ -232,6 +234,7 @@ def test_bundled_frame_size_is_recorded_and_announced(bundled_sized: Path) -> No
 def test_run_export_eval_use_the_bundled_frame_size(bundled_sized: Path, clip_files, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import eamstcn.runtime.evaluate as run_eval
+    import eamstcn.export.bundle as export_bundle_module
     import eamstcn.export.cli as export_cli
     import eamstcn.runtime.runner as runner
     from eamstcn.runtime.eval_cli import app as eval_app
@@ -256,9 +259,9 @@ def test_run_export_eval_use_the_bundled_frame_size(bundled_sized: Path, clip_fi
 
     def fake_export(config, progress=None):
         seen["export"] = config.frame_size
-        raise export_cli.ExportError("stopped here by the test")
+        raise export_bundle_module.ExportError("stopped here by the test")
 
-    monkeypatch.setattr(export_cli, "export_bundle", fake_export)
+    monkeypatch.setattr(export_bundle_module, "export_bundle", fake_export)  # imported when the command runs
     CliRunner().invoke(export_cli.app, ["--out", str(tmp_path / "engines")])
     assert seen["export"] == (48, 80)
 
@@ -338,3 +341,21 @@ def test_runtime_only_install_runs_the_bundled_model(packed_with_engines: Path, 
                               "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 4
+
+
+def test_eval_uses_the_bundled_engines_unless_a_size_is_asked(packed_with_engines: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import eamstcn.runtime.evaluate as run_eval
+    from eamstcn.runtime.eval_cli import app as eval_app
+
+    seen: list[tuple[object, object]] = []
+
+    def fake_evaluate(options, notify=print):
+        seen.append((options.engines, options.size))
+        raise ValueError("stopped here by the test")
+
+    monkeypatch.setenv(ENV_VAR, str(packed_with_engines))
+    monkeypatch.setattr(run_eval, "evaluate", fake_evaluate)
+    CliRunner().invoke(eval_app, ["--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    CliRunner().invoke(eval_app, ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--size", "32x32"])
+    assert seen == [(packed_with_engines / "eamstcn-test-tiny-engines", (64, 64)), (None, (32, 32))]
