@@ -21,7 +21,7 @@ from eamstcn.runtime.runner import RunError, RunOptions, RunSummary, _check_outp
 DEFAULT_DEMO_DIR = Path("eamstcn-demo")
 DEMO_SEED = 20240
 DEMO_FRAMES = 36
-DEMO_SIZE = (128, 224)  # (H, W): multiples of 16, so nothing is padded
+DEMO_SIZE = (128, 224)  # (H, W) for a model without its own frame size; multiples of 16, so nothing is padded
 DEMO_OBJECTS = 1  # two objects of the generator are look-alikes that swap places: the known weak spot
 
 
@@ -65,16 +65,17 @@ def run_demo(
                 "--demo runs the bundled model, which is missing in this install; "
                 "pass --checkpoint best.pth (or --engines DIR) to run the demo with yours"
             ) from None
-        # The PyTorch path runs the clip at its own size; exported engines at theirs.
-        notify(model.describe(with_size=model.engines is not None))
+        # The clip is generated at the model's own frame size (engines have a fixed one).
+        notify(model.describe(with_size=False))
+        size = model.frame_size or DEMO_SIZE
         checkpoint, engines, name = model.path, model.engines, f"bundled model {model.name}"
     else:
-        name = str(checkpoint or engines)
+        name, size = str(checkpoint or engines), DEMO_SIZE
 
     from eamstcn.data.davis_io import write_frame, write_indexed_png
     from eamstcn.data.synth import generate_sequence
 
-    clip = generate_sequence(DEMO_SEED, DEMO_FRAMES, *DEMO_SIZE, objects=DEMO_OBJECTS, name="eamstcn-demo")
+    clip = generate_sequence(DEMO_SEED, DEMO_FRAMES, *size, objects=DEMO_OBJECTS, name="eamstcn-demo")
     frames_dir = output / "input"
     existed = output.exists()
     try:
@@ -88,7 +89,7 @@ def run_demo(
             RunOptions(
                 mask=output / "first_mask.png", frames=frames_dir, checkpoint=checkpoint, engines=engines,
                 backend=backend, device=device, output=output, progress=progress,
-                frame_size=DEMO_SIZE,  # the clip's own size: generated at the scale the model knows
+                frame_size=size,  # the clip's own size: generated at the scale the model knows
             ),
             notify=notify,
         )

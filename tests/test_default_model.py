@@ -359,3 +359,16 @@ def test_eval_uses_the_bundled_engines_unless_a_size_is_asked(packed_with_engine
     CliRunner().invoke(eval_app, ["--data", str(tmp_path), "--out", str(tmp_path / "o")])
     CliRunner().invoke(eval_app, ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--size", "32x32"])
     assert seen == [(packed_with_engines / "eamstcn-test-tiny-engines", (64, 64)), (None, (32, 32))]
+
+
+def test_the_shipped_model_tracks_the_demo_clip_on_its_engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real bundled model (no override): its engines were exported from its checkpoint,
+    every graph has an INT8 file, and the demo clip is tracked (0.97 when it shipped)."""
+    from eamstcn.runtime.demo import run_demo
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    model = bundled_model()
+    manifest = json.loads((model.engines / "manifest.json").read_text())
+    assert manifest["checkpoint"]["sha256"] == model.sha256 and manifest["int8"]["fp32_graphs"] == []
+    result = run_demo(tmp_path / "demo", device="cpu", notify=lambda line: None, progress=False)
+    assert result.summary.backend.startswith("onnxruntime fp32") and result.mean_iou > 0.9
