@@ -167,3 +167,25 @@ def test_train_refuses_init_with_trunk_weights(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["phase2", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--preset",
                                    "tiny", "--key-backbone", "resnet50"])
     assert bad.exit_code != 0 and "resnet50" in bad.output
+
+
+def test_lite_trunks_export_fp32_and_fp16_and_run(tmp_path: Path) -> None:
+    """Lite trunks go through export like V2 trunks (fp32 parity is enforced by the export)."""
+    import json
+
+    from eamstcn.checkpoint import save_checkpoint
+    from eamstcn.export.bundle import ExportConfig, export_bundle
+    from eamstcn.runtime.engines.factory import open_engines
+
+    torch.manual_seed(4)
+    checkpoint = tmp_path / "lite.pth"
+    save_checkpoint(checkpoint, EamStcn(ModelConfig(key_backbone=LITE0, value_backbone="tf_efficientnet_lite1",
+                                                    key_dim=32, value_dim=32)))
+    export_bundle(ExportConfig(checkpoint=checkpoint, out=tmp_path / "engines", fp16=True, frame_size=(64, 64),
+                               max_objects=2, simplify=False, trt=False))
+    manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
+    assert manifest["model_config"]["value_backbone"] == "tf_efficientnet_lite1"
+    precisions = {entry["precision"] for graph in manifest["graphs"].values() for entry in graph["files"]}
+    assert {"fp32", "fp16"} <= precisions
+    with open_engines(tmp_path / "engines", device="cpu") as engines:
+        assert engines.backend == "onnxruntime"
