@@ -20,7 +20,7 @@ _HELP = f"""Measure FPS and per-stage latency of every backend on the same clip 
 With no options: builds the default B1/B1 network (random weights), exports it to a
 temporary folder, generates a clip with motion and a known first mask, and runs the
 PyTorch eager fp32 path (the baseline) and every engine backend available here. A CPU
-uses 240x432 and 40 frames (about 3-5 minutes on 2 cores); a GPU 480x854 and 200 frames.
+uses 240x432 and 40 frames (3-6 minutes on 2 cores, export and INT8 calibration included); a GPU 480x854 and 200 frames.
 
 Per backend: median and p90 ms per stage (preprocess, key_encoder, memory_read, decoder,
 aggregate, save_decision, value_encoder on stored frames, postprocess), end-to-end FPS

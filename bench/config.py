@@ -26,7 +26,7 @@ REFERENCES = {"onnxruntime-cpu-int8": "onnxruntime-cpu"}
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure. ``None`` sizes and counts mean "pick for this device": a CPU gets
-    240x432 and 40 frames (the whole default run fits in 5 minutes on 2 cores), a GPU
+    240x432 and 40 frames (the whole default run takes 3-6 minutes on 2 cores), a GPU
     480x854 and 200 frames."""
 
     checkpoint: Path | None = None
