@@ -340,8 +340,6 @@ def _validate_options(options: RunOptions) -> None:
 def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSummary:
     """Segment the source's frames; return what happened. Raises ``USER_ERRORS`` for bad input."""
     _validate_options(options)
-    if options.output is None:  # a live run without it ends with nothing on disk: say so at the start
-        notify("no --output: masks, overlay.mp4 and stats.csv are not saved (add --output DIR to keep them)")
     first_mask = _read_mask(options.mask, "--mask") if options.mask is not None else None
     added = [(frame, path, _read_mask(path, "--add-mask")) for frame, path in options.add_masks]
     window = None
@@ -389,6 +387,8 @@ def run(options: RunOptions, notify: Callable[[str], None] = _notice) -> RunSumm
         _check_top_k(options.memory, engines.manifest.padded_size or padded_size(*shape, STRIDE))
         for item in planned:
             notify(item.describe())
+        if options.output is None:  # a live run without it ends with nothing on disk: say so as it starts
+            notify("no --output: masks, overlay.mp4 and stats.csv are not saved (add --output DIR to keep them)")
         extra_masks = {item.frame: item for item in planned}
 
         session = Session(engines, options.memory, options.save, max_objects=limit, timing=options.output is not None)

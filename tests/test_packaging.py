@@ -217,3 +217,18 @@ def test_run_and_eval_work_on_the_runtime_only_install(runtime_assets, tmp_path:
                               "--out", tmp_path / "eval", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "ALL" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_demo_runs_on_the_runtime_only_install(tmp_path: Path) -> None:
+    """`eamstcn-run --demo` with the bundled engines: ONNX Runtime only, no timm."""
+    from eamstcn.default_model import BundledModelError, bundled_model
+
+    try:
+        model = bundled_model()
+    except BundledModelError:
+        pytest.skip("no bundled model in this install")
+    if model.engines is None:
+        pytest.skip("the bundled model ships no engines: the demo needs timm for its checkpoint")
+    result = run_runtime_only("eamstcn-run", "--demo", "--output", tmp_path / "demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "mean IoU" in result.stdout and (tmp_path / "demo" / "overlay.mp4").is_file()
