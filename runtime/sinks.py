@@ -79,7 +79,6 @@ class OutputWriter:
         self._video_size: tuple[int, int] | None = None  # (width, height) of the first frame
         self._resized_notice = False
         self._video_tmp = self.output_dir / ".overlay.partial.mp4"  # cv2 picks the container from the suffix
-        self._video_frames = 0
         self._stats_file: IO[str] | None = None
         self._stats: csv.writer | None = None  # type: ignore[valid-type]
         if stats:
@@ -138,7 +137,6 @@ class OutputWriter:
                 )
             rgb = cv2.resize(rgb, self._video_size, interpolation=cv2.INTER_AREA)
         self._video.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        self._video_frames += 1
 
     def flush(self) -> None:
         if self._stats_file is not None:
@@ -165,7 +163,7 @@ class OutputWriter:
         assert self._video is not None
         self._video.release()
         self._video = None
-        if _readable_frames(self._video_tmp) >= self._video_frames:
+        if _mp4_complete(self._video_tmp):
             os.replace(self._video_tmp, self.output_dir / "overlay.mp4")
             return
         self._video_tmp.unlink(missing_ok=True)
@@ -181,13 +179,32 @@ class OutputWriter:
         self.close()
 
 
-def _readable_frames(path: Path) -> int:
-    """Frames the container of ``path`` announces; 0 when it does not open (no index)."""
-    capture = cv2.VideoCapture(str(path))
+def _mp4_complete(path: Path) -> bool:
+    """``path``'s top-level mp4 boxes tile the file exactly and include the index (moov)
+    and the media (mdat): what a short write on a full disk breaks. Reads box headers
+    only, and not through OpenCV (whose reader says nothing about why it fails)."""
     try:
-        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
-    finally:
-        capture.release()
+        size = path.stat().st_size
+        kinds: set[bytes] = set()
+        with open(path, "rb") as stream:
+            position = 0
+            while position < size:
+                stream.seek(position)
+                header = stream.read(16)
+                if len(header) < 8:
+                    return False
+                length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if length == 1:  # a 64-bit size follows the type
+                    length = int.from_bytes(header[8:16], "big") if len(header) == 16 else 0
+                elif length == 0:  # the last box runs to the end of the file
+                    length = size - position
+                if length < 8:
+                    return False
+                kinds.add(kind)
+                position += length
+        return position == size and {b"moov", b"mdat"} <= kinds
+    except OSError:
+        return False
 
 
 def _print_notice(message: str) -> None:
