@@ -181,7 +181,7 @@ def test_every_cli_starts_on_the_runtime_only_install(prog: str) -> None:
     ("prog", "args", "library"),
     [
         ("eamstcn-export", ["--out", "never-written"], "onnx"),  # export needs the model extra
-        ("eamstcn-bench", ["--size", "64x64", "--frames", "4"], "timm"),
+        ("eamstcn-bench", ["--size", "64x64", "--frames-count", "4"], "timm"),
     ],
 )
 def test_commands_needing_an_extra_say_which(prog: str, args: list[str], library: str, tmp_path: Path) -> None:
