@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from eamstcn.data.davis_io import DAVIS_PALETTE, write_indexed_png
+from eamstcn.notices import notice
 from eamstcn.runtime.lost import LostObjects
 from eamstcn.runtime.timing import STAGES, StepStats
 
@@ -68,7 +69,7 @@ class OutputWriter:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.lost = lost
-        self._notify = notify or _print_notice
+        self._notify = notify or notice
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.fps = fps if fps and fps > 0 else 25.0
         self.flush_every = max(1, flush_every)
@@ -207,10 +208,6 @@ def _mp4_complete(path: Path) -> bool:
         return False
 
 
-def _print_notice(message: str) -> None:
-    print(f"notice: {message}", file=sys.stderr)
-
-
 class OutputError(ValueError):
     """Writing the outputs failed (disk full, folder removed...); one line for the user."""
 
@@ -336,7 +333,7 @@ class Display:
 
     def __init__(self, title: str = "eamstcn", notify: Callable[[str], None] | None = None) -> None:
         self.title = title
-        self._notify = notify or _print_notice
+        self._notify = notify or notice
         self.enabled = display_available()
         if not self.enabled:
             self._notify("--show: no display here (DISPLAY is not set); not showing a window")

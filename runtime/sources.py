@@ -13,7 +13,6 @@ each into a torch tensor once (through pinned memory with a non-blocking copy on
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +26,11 @@ import torch
 
 from eamstcn.data.davis_io import FRAME_EXTENSIONS, read_frame
 from eamstcn.fileio import non_utf8_path
+from eamstcn.notices import notice
 
 
 class SourceError(ValueError):
     """A source that cannot be opened; the message is one line meant for the user."""
-
-
-def _print_notice(message: str) -> None:
-    print(f"notice: {message}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -165,7 +161,7 @@ def open_source(
     *,
     retries: int = 3,
     retry_wait: float = 0.5,
-    notify: Callable[[str], None] = _print_notice,
+    notify: Callable[[str], None] = notice,
     capture_factory: Callable[..., Any] | None = None,
 ) -> FrameSource:
     """Open exactly one of a camera index, a video file or URL, or an image folder.

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from eamstcn.notices import notice
 from eamstcn.runtime.prompts import MIN_SIDE, Box
 
 ENTER_KEYS = (10, 13)
@@ -171,7 +172,7 @@ class Window:
             raise WindowError(f"--show without --mask or --box opens a window to draw boxes, but {reason}: pass --box X,Y,W,H")
         self.title = title
         self.snapshot_dir = snapshot_dir
-        self._notify = notify or (lambda message: print(f"notice: {message}", file=sys.stderr))
+        self._notify = notify or notice
         self._draw = draw
         self._events: list[Event] = []
         self._picker: BoxPicker | None = None
