@@ -37,7 +37,6 @@ class MemoryConfig:
     2: one permanent slot and one that can be replaced). ``top_k`` memory positions are
     kept per query position. ``eviction`` chooses the frame replaced when the bank is
     full: the least used one (mean readout weight per read) or the oldest.
-    ``temporary_slot`` adds one extra slot for the previous frame, overwritten every frame.
     ``read_kernel``: how a read runs on CUDA: ``auto`` (the fused Triton kernel where
     Triton is installed and the shapes suit it, else torch ops), ``torch`` or ``triton``.
     """
@@ -45,7 +44,6 @@ class MemoryConfig:
     capacity: int = 16
     top_k: int = 20
     eviction: EvictionPolicy = "usage"
-    temporary_slot: bool = False
     read_kernel: ReadKernel = "auto"
 
     def __post_init__(self) -> None:
@@ -53,8 +51,6 @@ class MemoryConfig:
         _require_int("top_k", self.top_k, 1)
         if self.eviction not in ("usage", "oldest"):
             raise ValueError(f"eviction must be 'usage' or 'oldest', got {self.eviction!r}")
-        if not isinstance(self.temporary_slot, bool):
-            raise ValueError(f"temporary_slot must be a bool, got {self.temporary_slot!r}")
         if self.read_kernel not in ("auto", "torch", "triton"):
             raise ValueError(f"read_kernel must be 'auto', 'torch' or 'triton', got {self.read_kernel!r}")
 

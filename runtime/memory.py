@@ -25,8 +25,8 @@ from eamstcn.runtime.readout import ReadoutBuffers, gather_readout, slot_mass, t
 class MemoryBank:
     """Keys shared by all objects, values per object, ``capacity`` frame slots.
 
-    Storage, with ``slots = capacity (+1 temporary slot)`` read by every query and one
-    more, the *scratch* slot, that no read sees (a store the device decided against is
+    Storage, with ``capacity`` slots read by every query and one more, the *scratch*
+    slot, that no read sees (a store the device decided against is
     written there, so the work of a frame does not depend on the decision):
 
     - keys ``(Ck, slots + 1, h*w)`` float32 and their squared norms ``(slots + 1, h*w)``
@@ -67,7 +67,7 @@ class MemoryBank:
         self._dtype = dtype
 
         capacity, hw = config.capacity, height * width
-        self._read_slots = capacity + int(config.temporary_slot)
+        self._read_slots = capacity
         total = self._read_slots + 1  # + the scratch slot
         fp32 = {"device": device, "dtype": torch.float32}
         int64 = {"device": device, "dtype": torch.int64}
@@ -92,7 +92,7 @@ class MemoryBank:
         self._key_product = torch.empty(key_dim, hw, **fp32)
         self._new_sq_norm = torch.empty(1, hw, **fp32)
 
-        # Per slot (regular slots first, then temporary and scratch), on the device, so
+        # Per slot (regular slots first, then the scratch slot), on the device, so
         # that choosing where a frame goes needs no host sync.
         self._permanent = torch.zeros(total, **boolean)
         self._usage = torch.zeros(total, **fp32)  # readout weight mass since written
@@ -109,16 +109,13 @@ class MemoryBank:
         self._target = torch.empty(1, **int64)  # where it goes: the slot, or the fallback
         self._has_room = torch.empty((), **boolean)
         self._grows = torch.empty((), **boolean)
-        self._not_flag = torch.empty((), **boolean)
         self._size = torch.zeros((), **int64)  # regular slots filled
         self._writes = torch.zeros((), **int64)  # frames stored (evicted ones included)
         self._never = torch.tensor(torch.iinfo(torch.int64).max, **int64)
         self._last_resort = torch.tensor([torch.finfo(torch.float32).max], **fp32)
         self._true = torch.tensor(True, **boolean)
-        self._temporary_index = torch.tensor([capacity], **int64)
-        # A store decided against goes to the temporary slot when there is one (the frame
-        # is then "the last frame"), else to the scratch slot.
-        self._fallback = torch.tensor([capacity if config.temporary_slot else total - 1], **int64)
+        # A store decided against goes to the scratch slot, which no read sees.
+        self._fallback = torch.tensor([total - 1], **int64)
 
         self._num_objects = num_objects
         self._num_permanent = 0
@@ -133,7 +130,7 @@ class MemoryBank:
     # ------------------------------------------------------------------ properties
     @property
     def size(self) -> int:
-        """Frames stored in the regular slots (the temporary slot not counted). Syncs."""
+        """Frames stored in the regular slots. Syncs."""
         return int(self._size)
 
     @property
@@ -169,11 +166,6 @@ class MemoryBank:
     @property
     def max_objects(self) -> int:
         return self._max_objects
-
-    @property
-    def has_temporary(self) -> bool:
-        """Whether reads see the temporary slot. Syncs."""
-        return self.config.temporary_slot and bool(self._valid[self.capacity, 0])
 
     @property
     def device(self) -> torch.device:
@@ -239,33 +231,11 @@ class MemoryBank:
         """Store one frame if the 0-d bool device tensor ``flag`` holds, without reading it.
 
         The same device work runs either way; when ``flag`` is false the frame goes to
-        the temporary slot (with ``temporary_slot``: it becomes the slot every read also
-        sees, as the last frame) or to the scratch slot (no read sees it). With the
-        temporary slot, a stored frame clears it. Shapes as :meth:`add`.
+        the scratch slot, which no read sees. Shapes as :meth:`add`.
         """
         self._check_frame(key, value)
         self._refuse_when_all_permanent()
         self._store(flag, key, value, permanent=False)
-        if self.config.temporary_slot:
-            torch.logical_not(flag, out=self._not_flag)
-            self._valid[self.capacity].copy_(self._not_flag.expand(self._height * self._width))
-
-    def set_temporary(self, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Write the last frame into the temporary slot (overwritten at every call).
-
-        Shapes as :meth:`add`. Needs ``MemoryConfig(temporary_slot=True)``.
-        """
-        if not self.config.temporary_slot:
-            raise RuntimeError("this bank has no temporary slot: build it with MemoryConfig(temporary_slot=True)")
-        self._check_frame(key, value)
-        self._write(self._temporary_index, key, value)
-        self._valid[self.capacity].fill_(True)
-        self._written = True
-
-    def clear_temporary(self) -> None:
-        """Stop reading the temporary slot until the next :meth:`set_temporary`."""
-        if self.config.temporary_slot:
-            self._valid[self.capacity].fill_(False)
 
     # ------------------------------------------------------------------ reading
     def read(self, query_key: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -312,8 +282,8 @@ class MemoryBank:
 
     def _slots_to_read(self) -> int:
         """All slots, or the front that stores have reached (never fewer than top_k
-        positions, and all of them with a temporary slot, which sits after the others)."""
-        if self.fixed_read_shape or self.config.temporary_slot:
+        positions)."""
+        if self.fixed_read_shape:
             return self._read_slots
         filled = max(1, min(self._fill_bound, self.capacity))
         if filled * self._height * self._width < self.config.top_k:
@@ -448,6 +418,6 @@ class MemoryBank:
             self._keys, self._key_sq_norm, self._values, self._valid, self._readout, self._key32, self._key_product,
             self._new_sq_norm, self._permanent, self._usage, self._reads, self._written_at, self._slot_mass,
             self._slot_of, self._score, self._protected, self._age, self._oldest, self._victim, self._slot,
-            self._target, self._has_room, self._grows, self._not_flag, self._size, self._writes, self._never,
-            self._last_resort, self._true, self._temporary_index, self._fallback,
+            self._target, self._has_room, self._grows, self._size, self._writes, self._never,
+            self._last_resort, self._true, self._fallback,
         )  # fmt: skip

@@ -254,8 +254,7 @@ def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:
     """Top-k runs over memory positions: frames held x (H/16 x W/16) positions per frame.
     A k above what the bank can ever hold is a mistake, not a request to clamp."""
     height, width = padded[0] // STRIDE, padded[1] // STRIDE
-    slots = memory.capacity + int(memory.temporary_slot)
-    positions = slots * height * width
+    positions = memory.capacity * height * width
     if memory.top_k > positions:
         raise RunError(
             f"--top-k {memory.top_k} is more than the memory holds: --memory-frames {memory.capacity} x "

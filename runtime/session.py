@@ -307,8 +307,8 @@ class Session:
         assert core is not None
         self._state.pending = False
         known = core.mirror.peek()
-        if known is False and not self.memory_config.temporary_slot:
-            return  # (with a temporary slot every frame is written somewhere)
+        if known is False:
+            return
         if known is None:
             self.speculative_stores += 1
         self.store_runs += 1

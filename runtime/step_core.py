@@ -12,10 +12,9 @@ Steady frames run two phases (:mod:`eamstcn.runtime.phases`):
   encoder on frame t-1's image, f16x and probabilities, still in their buffers, then
   ``MemoryBank.commit`` with the device flag ``pending`` (frame t-1's save decision);
 - ``frame``: normalise, key encoder, memory read, decoder, aggregation, the save rule's
-  decision, copied into ``pending`` (and ``due`` set: a store phase is due next frame),
-  output at the frame's size.
+  decision, copied into ``pending``, output at the frame's size.
 
-``due``/``pending`` are 0-d bool device tensors, so the whole steady step can be one CUDA
+``pending`` is a 0-d bool device tensor, so the whole steady step can be one CUDA
 graph with the store inside a conditional node (:meth:`StepCore.fused_step`).
 
 First and annotated frames (rare, may sync and allocate) have their own methods.
@@ -108,7 +107,6 @@ class ObjectParts:
         core = self._core
         decision = core.policy.decide(core.pre.image32[0], self.aggregator.object_probs)
         core.pending.copy_(decision)
-        core.due.copy_(core.always)
 
 
 class StepCore:
@@ -137,11 +135,8 @@ class StepCore:
         self.bank = MemoryBank(memory, config.key_dim, config.value_dim, height, width, max_objects, device=self.device, dtype=self.dtype)
         self.policy = SavePolicy(save, 1, max_objects=max_objects)
         flag = {"device": self.device, "dtype": torch.bool}
-        #: A store phase is due (the last frame was steady and not the last of its file).
-        self.due = torch.zeros((), **flag)
-        #: ... and it stores: the last frame's save decision.
+        #: The last frame's save decision: its store (run at the start of the next frame) writes.
         self.pending = torch.zeros((), **flag)
-        self.always = torch.ones((), **flag)
         self.mirror = DecisionMirror(self.device)
         self.mirror.watch(self.pending)
         self._parts: dict[int, ObjectParts] = {}
@@ -205,8 +200,6 @@ class StepCore:
         # is stored whatever it decides.
         self.policy.decide(self.pre.image32[0], parts.aggregator.object_probs)
         self._store_now(parts, permanent)
-        if self.bank.config.temporary_slot:
-            self.bank.clear_temporary()  # this frame is in memory already: no duplicate
         return predicted
 
     def _store_now(self, parts: ObjectParts, permanent: bool) -> None:
@@ -217,7 +210,6 @@ class StepCore:
 
     def clear_pending(self) -> None:
         """Nothing to store next frame (this frame was stored already, or was the last)."""
-        self.due.zero_()
         self.pending.zero_()
 
     # ------------------------------------------------------------------ steady phases
@@ -242,10 +234,7 @@ class StepCore:
         key = ("fused", frame_size)
         fused = parts.graphed.get(key)
         if fused is None:
-            # With a temporary slot every due store runs (it writes the slot or the
-            # temporary slot); without, only a pending one.
-            predicate = self.due if self.bank.config.temporary_slot else self.pending
-            fused = parts.graphed[key] = FusedStep(parts.store, parts.frame(frame_size), predicate, pool)
+            fused = parts.graphed[key] = FusedStep(parts.store, parts.frame(frame_size), self.pending, pool)
         return fused
 
     def _run(self, parts: ObjectParts, key: Any, timer: StageTimer, graphs: Any) -> None:

@@ -130,22 +130,6 @@ def test_permanent_frames_are_not_replaced_and_a_full_permanent_bank_refuses() -
         full.add(frame_key(2), frame_value(2))
 
 
-def test_temporary_slot() -> None:
-    bank = make_bank(capacity=2, temporary_slot=True)
-    bank.add(frame_key(0), frame_value(0))
-    bank.set_temporary(frame_key(5), frame_value(5))
-    assert bank.size == 1 and bank.has_temporary and reads_value(bank, 5)
-    bank.set_temporary(frame_key(6), frame_value(6))
-    assert reads_value(bank, 6) and not reads_value(bank, 5)
-    for frame in range(1, 6):  # eviction never touches the temporary slot
-        bank.add(frame_key(frame), frame_value(frame))
-    assert bank.size == 2 and reads_value(bank, 6) and reads_value(bank, 0)
-    bank.clear_temporary()
-    assert not bank.has_temporary and not reads_value(bank, 6)
-    with pytest.raises(RuntimeError, match="temporary"):
-        make_bank().set_temporary(frame_key(1), frame_value(1))
-
-
 def test_add_objects_mid_stream() -> None:
     bank = make_bank(num_objects=1, max_objects=3)
     bank.add(frame_key(0), frame_value(0, objects=1))
@@ -221,15 +205,6 @@ def test_commit_stores_only_when_the_device_flag_holds() -> None:
     assert reads_value(bank, 0) and reads_value(bank, 8) and not reads_value(bank, 7)
 
 
-def test_commit_with_a_temporary_slot_keeps_the_frame_there_when_not_stored() -> None:
-    bank = make_bank(capacity=2, temporary_slot=True)
-    bank.add(frame_key(0), frame_value(0))
-    bank.commit(torch.tensor(False), frame_key(1), frame_value(1))
-    assert bank.size == 1 and bank.has_temporary and reads_value(bank, 1)
-    bank.commit(torch.tensor(True), frame_key(2), frame_value(2))
-    assert bank.size == 2 and not bank.has_temporary and reads_value(bank, 2) and not reads_value(bank, 1)
-
-
 def test_commit_refuses_when_every_slot_is_permanent() -> None:
     bank = make_bank(capacity=2)
     bank.add(frame_key(0), frame_value(0))
@@ -264,14 +239,15 @@ ON_CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not to
 @pytest.mark.parametrize("device", ["cpu", ON_CUDA])
 @pytest.mark.parametrize("eviction", ["usage", "oldest"])
 def test_no_allocation_growth_at_capacity(device: str, eviction: str) -> None:
-    bank = make_bank(device=device, eviction=eviction, temporary_slot=True, num_objects=2, max_objects=2)
+    bank = make_bank(device=device, eviction=eviction, num_objects=2, max_objects=2)
     generator = torch.Generator().manual_seed(1)
     keys = [torch.randn(1, KEY_DIM, H, W, generator=generator).to(device) for _ in range(5)]
     values = [torch.randn(2, VALUE_DIM, H, W, generator=generator).to(device) for _ in range(5)]
+    flags = [torch.tensor(True, device=device), torch.tensor(False, device=device)]
 
     def cycle(i: int) -> None:
         bank.add(keys[i % 5], values[i % 5])
-        bank.set_temporary(keys[(i + 1) % 5], values[(i + 1) % 5])
+        bank.commit(flags[i % 2], keys[(i + 1) % 5], values[(i + 1) % 5])  # stored, or to the scratch slot
         bank.read(keys[(i + 2) % 5])
 
     for i in range(10):  # warm-up: fill the bank, allocate lazily created state

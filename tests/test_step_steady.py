@@ -62,7 +62,6 @@ OFTEN = SaveConfig(mode="adaptive", save_every=2, cooldown=0)
     [
         (FRAME_SIZE, MemoryConfig(capacity=3)),
         ((96, 80), MemoryConfig(capacity=3, eviction="oldest")),  # resized in and out
-        (FRAME_SIZE, MemoryConfig(capacity=3, temporary_slot=True)),
     ],
 )
 def test_onnxruntime_steady_frames_do_not_sync_or_allocate(engines, size, memory) -> None:
