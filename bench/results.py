@@ -48,7 +48,7 @@ class BackendResult:
     reason: str = ""
     device: str = ""
     precision: str = ""
-    step_mode: str = ""  # Session.step_mode: one CUDA graph / per-phase CUDA graphs / eager
+    step_mode: str = ""  # Session.step_mode: one CUDA graph / eager
     frames: int = 0
     fps: float = float("nan")
     frame_median_ms: float = float("nan")

@@ -15,11 +15,17 @@ decides what runs when (docs/ARCHITECTURE.md):
   (:mod:`eamstcn.runtime.decision`); until it knows, it runs the store masked by the
   device flag. The last frame of a file is never stored.
 
-On CUDA the steady phases run on the session's own stream and, by default, as CUDA
-graphs captured once per K (:mod:`eamstcn.runtime.cuda_graphs`): no host sync and no
-allocation in a steady frame. With the torch backend the whole step is one graph, the
-store of frame t-1 inside a conditional node on the device's decision: the host does not
-take part in the decision at all.
+A steady frame takes one of two paths, fixed at start-up:
+
+- **one CUDA graph** (CUDA, every engine capturable: torch or TensorRT, and a torch with
+  conditional nodes): the store of frame t-1 and frame t are one graph, the store inside
+  a conditional node on the device's decision (:mod:`eamstcn.runtime.cuda_graphs`); the
+  host does not take part in the decision at all.
+- **eager, the store decided by the host** (everywhere else: the CPU, ONNX Runtime): the
+  phases run op by op; the store of t-1 runs unless the host already knows the device
+  decided against it, and then masked by the device's flag, so it is exact either way.
+
+A capture that fails moves the session to the eager path for good, with one note.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
-from eamstcn.runtime.cuda_graphs import FusedStep, GraphedPhase, conditional_nodes_available, new_pool, step_mode
+from eamstcn.runtime.cuda_graphs import EAGER, ONE_GRAPH, CaptureError, conditional_nodes_available, new_pool
 from eamstcn.runtime.engines.base import EngineSet
 from eamstcn.runtime.geometry import Geometry
 from eamstcn.runtime.objects import ObjectError, ObjectRegistry, one_hot, overwrite, to_graph_size
@@ -71,9 +77,9 @@ class Session:
             ``max_objects`` (the engines' limit), else :data:`DEFAULT_MAX_OBJECTS`.
         timing: collect per-stage timings into :attr:`last_stats` (CUDA events on CUDA;
             reading them waits for the device once per frame).
-        cuda_graphs: capture the steady phases as CUDA graphs; default: on CUDA. Timing
-            does not turn them off (what is timed is the mode users run): a captured run
-            of stages is then one stage, "step", "frame" or "store". For a per-stage
+        cuda_graphs: run each steady frame as one CUDA graph where the engines allow it;
+            default: on CUDA. Timing does not turn it off (what is timed is the mode
+            users run): a graphed frame is then one stage, "step". For a per-stage
             breakdown on CUDA pass ``cuda_graphs=False`` (an eager breakdown).
     """
 
@@ -101,7 +107,6 @@ class Session:
             raise SessionError("CUDA graphs need a CUDA device")
         self.cuda_graphs = cuda and (cuda_graphs if cuda_graphs is not None else True)
         self._stream = torch.cuda.Stream(self.device) if cuda else None
-        self._pool = new_pool() if self.cuda_graphs else None
         self.timer = StageTimer(self.device, timing)
         self.last_stats: StepStats | None = None
         #: Stores run before the host knew the decision (masked by the device flag).
@@ -111,14 +116,8 @@ class Session:
         self.store_runs = 0
         #: Why a faster path was not taken (one line each).
         self.notes: list[str] = []
-        self._fused_broken = False
-        self._capture_failed = False
-        if self.cuda_graphs and not conditional_nodes_available():
-            # Checked at start-up: the API is undocumented and may be missing from a torch.
-            self.notes.append(
-                "this torch has no CUDA graph conditional nodes (CUDAGraph.begin_capture_to_if_node): "
-                "per-phase CUDA graphs, the store decided by the host"
-            )
+        self._graphed = self.cuda_graphs and self._can_graph()
+        self._pool = new_pool() if self._graphed else None
         self.objects = ObjectRegistry(self.device, self.max_objects)
         self._core: StepCore | None = None
         self._state = _StreamState()
@@ -131,12 +130,9 @@ class Session:
     @property
     def step_mode(self) -> str:
         """How steady frames run: ``ONE_GRAPH`` (the whole step one CUDA graph, the store
-        in a conditional node), ``PER_PHASE`` (CUDA graphs per phase, the store decided by
-        the host, speculative while it cannot see the decision) or ``EAGER``. Known at
-        start-up; changes if a capture fails (see :attr:`notes`)."""
-        engines = (self.engines.key_encoder, self.engines.value_encoder, self.engines.decoder)
-        fused_ok = conditional_nodes_available() and not self._fused_broken
-        return step_mode(self.cuda_graphs, all(engine.capturable for engine in engines), fused_ok, self._capture_failed)
+        in a conditional node) or ``EAGER`` (op by op, the store decided by the host).
+        Known at start-up; becomes ``EAGER`` if the capture fails (see :attr:`notes`)."""
+        return ONE_GRAPH if self._graphed else EAGER
 
     @property
     def object_ids(self) -> tuple[int, ...]:
@@ -238,7 +234,7 @@ class Session:
         with self.timer.stage("preprocess"):
             dense, _ = self._register(new_masks, first=True)
             core = self._ensure_core(frame)
-            core.set_source(frame, staged=self.cuda_graphs)
+            core.set_source(frame, staged=self._graphed)
             dense_small = to_graph_size(dense, core.geometry.size)
         with self.timer.stage("value_encoder"):
             core.first_frame(dense_small, self.num_objects)
@@ -252,7 +248,7 @@ class Session:
         with self.timer.stage("preprocess"):
             old_objects = self.num_objects
             dense, added = self._register(new_masks, first=False)
-            core.set_source(frame, staged=self.cuda_graphs)
+            core.set_source(frame, staged=self._graphed)
             dense_small = to_graph_size(dense, core.geometry.size)
         # A frame that brings new objects or corrections is ground truth: keep it
         # permanently while at least one slot stays replaceable.
@@ -269,36 +265,25 @@ class Session:
     def _steady(self, frame: torch.Tensor, frame_size: tuple[int, int], is_last: bool) -> torch.Tensor:
         core, state = self._core, self._state
         assert core is not None
-        core.set_source(frame, staged=self.cuda_graphs)
-        fused = core.fused_step(self.num_objects, frame_size, self._pool) if self.cuda_graphs else None
-        if fused is not None and fused.ready and not self._run_fused(fused):
-            fused = None
-        if fused is None or fused.graph is None:
+        core.set_source(frame, staged=self._graphed)
+        if self._graphed:
+            try:
+                core.graphed_step(self.num_objects, frame_size, self._pool).run(self.timer, store_due=state.pending)
+            except CaptureError as error:  # nothing ran: this frame goes the eager way
+                self._graphed = False
+                self._note(f"CUDA graph capture failed ({error}): eager steps, the store decided by the host")
+        if not self._graphed:
             if state.pending:
                 self._store_pending()
-            core.run_frame(self.num_objects, frame_size, self.timer, self._graphs())
-            if fused is not None:
-                fused.warm_frames += 1
+            core.run_frame(self.num_objects, frame_size, self.timer)
+            # Outside any graph: an async copy of the decision to pinned memory, an event.
+            core.mirror.publish()
+            core.mirror.record()
         if is_last:
             core.clear_pending()
         state.pending = not is_last
         state.output_size = frame_size
-        # Outside any graph: an async copy of the pending flag to pinned memory, an event.
-        core.mirror.publish()
-        core.mirror.record()
         return core.parts(self.num_objects).output(frame_size).output
-
-    def _run_fused(self, fused: FusedStep) -> bool:
-        """One replay of the whole step (capturing it the first time); False, and the
-        step marked broken, if this driver cannot capture it."""
-        try:
-            fused.run(self.timer)
-        except RuntimeError as error:
-            fused.broken = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            self._fused_broken = True
-            self._note(f"one-graph step unavailable ({fused.broken}): per-phase CUDA graphs")
-            return False
-        return True
 
     def _store_pending(self) -> None:
         """Frame t-1's store, at the start of frame t: skipped when the host already knows
@@ -312,18 +297,23 @@ class Session:
         if known is None:
             self.speculative_stores += 1
         self.store_runs += 1
-        core.run_store(self.num_objects, self.timer, self._graphs())
+        core.run_store(self.num_objects, self.timer)
 
     # ------------------------------------------------------------------ helpers
-    def _graphs(self):  # noqa: ANN202 - a factory or None
-        if not self.cuda_graphs:
-            return None
-        pool = self._pool
-        return lambda phase: GraphedPhase(phase, pool, notify=self._capture_failure)
-
-    def _capture_failure(self, message: str) -> None:
-        self._capture_failed = True
-        self._note(message)
+    def _can_graph(self) -> bool:
+        """Whether steady frames can be one CUDA graph; if not, a note says why."""
+        engines = (self.engines.key_encoder, self.engines.value_encoder, self.engines.decoder)
+        if not all(engine.capturable for engine in engines):
+            self._note("these engines cannot be captured into a CUDA graph (ONNX Runtime): eager steps, the store decided by the host")
+            return False
+        if not conditional_nodes_available():
+            # Checked at start-up: the API is undocumented and may be missing from a torch.
+            self._note(
+                "this torch has no CUDA graph conditional nodes (CUDAGraph.begin_capture_to_if_node): "
+                "eager steps, the store decided by the host"
+            )
+            return False
+        return True
 
     def _note(self, message: str) -> None:
         if message not in self.notes:
@@ -349,7 +339,7 @@ class Session:
         if self._core is None or self._core.geometry.size != size:
             self._core = StepCore(self.engines, Geometry.for_size(*size), self.memory_config, self.save_config, self.max_objects)
             # A captured read must have the same shapes every frame: every slot, filled or not.
-            self._core.bank.fixed_read_shape = self.cuda_graphs
+            self._core.bank.fixed_read_shape = self._graphed
         return self._core
 
     def _check_input(self, frame: torch.Tensor, new_masks: torch.Tensor | None) -> tuple[int, int]:

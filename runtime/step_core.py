@@ -6,7 +6,8 @@ object count K it makes, on first use, :class:`ObjectParts`: the readout, the de
 logits, the probabilities, the value encoder's inputs and output, and the engines bound
 to them. Nothing in a steady phase allocates, and nothing reads the device.
 
-Steady frames run two phases (:mod:`eamstcn.runtime.phases`):
+Steady frames run two phases, each a list of named pieces of device work (the names are
+the timer's stages):
 
 - ``store`` (frame t-1, run at the start of frame t, before its read): the value
   encoder on frame t-1's image, f16x and probabilities, still in their buffers, then
@@ -15,7 +16,9 @@ Steady frames run two phases (:mod:`eamstcn.runtime.phases`):
   decision, copied into ``pending``, output at the frame's size.
 
 ``pending`` is a 0-d bool device tensor, so the whole steady step can be one CUDA
-graph with the store inside a conditional node (:meth:`StepCore.fused_step`).
+graph with the store inside a conditional node (:meth:`StepCore.graphed_step`); else the
+phases run eagerly (:meth:`StepCore.run_store`, :meth:`StepCore.run_frame`) and the host
+decides whether to run the store (:mod:`eamstcn.runtime.session`).
 
 First and annotated frames (rare, may sync and allocate) have their own methods.
 Which user ids the objects have, input checks and the schedule live in the session.
@@ -23,24 +26,44 @@ Which user ids the objects have, input checks and the schedule live in the sessi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from eamstcn.runtime.aggregate import Aggregator
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
-from eamstcn.runtime.cuda_graphs import FusedStep, conditional_nodes_available
+from eamstcn.runtime.cuda_graphs import GraphedStep
 from eamstcn.runtime.decision import DecisionMirror
 from eamstcn.runtime.engines.base import EngineSet
 from eamstcn.runtime.engines.binding import BoundEngine, bind
 from eamstcn.runtime.geometry import Geometry
 from eamstcn.runtime.memory import MemoryBank
 from eamstcn.runtime.objects import overwrite
-from eamstcn.runtime.phases import Phase, Piece
 from eamstcn.runtime.postprocess import OutputMaker
 from eamstcn.runtime.preprocess import Preprocessor
 from eamstcn.runtime.save_policy import SavePolicy
 from eamstcn.runtime.timing import StageTimer
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A steady phase: ``(stage name, work)`` pieces that enqueue device work into fixed
+    buffers, with no host sync and no allocation (so the sequence can be captured)."""
+
+    name: str
+    pieces: tuple[tuple[str, Callable[[], object]], ...]
+
+    def run_eager(self, timer: StageTimer) -> None:
+        for stage, work in self.pieces:
+            with timer.stage(stage):
+                work()
+
+    def run(self) -> None:
+        """Untimed (inside a CUDA graph capture)."""
+        for _, work in self.pieces:
+            work()
 
 
 class ObjectParts:
@@ -68,12 +91,12 @@ class ObjectParts:
         self._core = core
         self._outputs: dict[tuple[int, int], OutputMaker] = {}
         self.store = Phase("store", (
-            Piece("memory_write", self.prepare_value_inputs),
-            Piece("value_encoder", self.value.run, self.value.capturable),
-            Piece("memory_write", lambda: core.bank.commit(core.pending, core.query, self.value_out)),
+            ("memory_write", self.prepare_value_inputs),
+            ("value_encoder", self.value.run),
+            ("memory_write", lambda: core.bank.commit(core.pending, core.query, self.value_out)),
         ))  # fmt: skip
         self._frames: dict[tuple[int, int], Phase] = {}
-        self.graphed: dict[Any, Any] = {}  # phase key -> GraphedPhase or FusedStep (CUDA graphs)
+        self.graphed: dict[tuple[int, int], GraphedStep] = {}  # per frame size (CUDA graphs)
 
     def output(self, frame_size: tuple[int, int]) -> OutputMaker:
         maker = self._outputs.get(frame_size)
@@ -87,13 +110,13 @@ class ObjectParts:
         if phase is None:
             core, output = self._core, self.output(frame_size)
             phase = self._frames[frame_size] = Phase("frame", (
-                Piece("preprocess", core.normalize),
-                Piece("key_encoder", core.key.run, core.key.capturable),
-                Piece("memory_read", lambda: core.bank.read(core.query, out=self.readout)),
-                Piece("decoder", self.decoder.run, self.decoder.capturable),
-                Piece("aggregate", lambda: self.aggregator.run(self.logits)),
-                Piece("save_decision", self._decide),
-                Piece("postprocess", output.run),
+                ("preprocess", core.normalize),
+                ("key_encoder", core.key.run),
+                ("memory_read", lambda: core.bank.read(core.query, out=self.readout)),
+                ("decoder", self.decoder.run),
+                ("aggregate", lambda: self.aggregator.run(self.logits)),
+                ("save_decision", self._decide),
+                ("postprocess", output.run),
             ))  # fmt: skip
         return phase
 
@@ -213,36 +236,21 @@ class StepCore:
         self.pending.zero_()
 
     # ------------------------------------------------------------------ steady phases
-    def run_store(self, num_objects: int, timer: StageTimer, graphs: Any = None) -> None:
-        """Store the previous frame if ``pending`` holds (see :class:`ObjectParts`)."""
-        self._run(self.parts(num_objects), "store", timer, graphs)
+    def run_store(self, num_objects: int, timer: StageTimer) -> None:
+        """Store the previous frame, masked by ``pending`` (see :class:`ObjectParts`)."""
+        self.parts(num_objects).store.run_eager(timer)
 
-    def run_frame(self, num_objects: int, frame_size: tuple[int, int], timer: StageTimer, graphs: Any = None) -> torch.Tensor:
+    def run_frame(self, num_objects: int, frame_size: tuple[int, int], timer: StageTimer) -> torch.Tensor:
         """One steady frame; returns the (K+1, H, W) output (a view of a fixed buffer)."""
         parts = self.parts(num_objects)
-        self._run(parts, frame_size, timer, graphs)
+        parts.frame(frame_size).run_eager(timer)
         return parts.output(frame_size).output
 
-    def fused_step(self, num_objects: int, frame_size: tuple[int, int], pool: Any) -> FusedStep | None:
-        """The whole steady step as one CUDA graph (store in a conditional node), or None
-        when an engine cannot be captured or this torch has no conditional nodes."""
-        if not conditional_nodes_available():
-            return None
+    def graphed_step(self, num_objects: int, frame_size: tuple[int, int], pool: Any) -> GraphedStep:
+        """The whole steady step as one CUDA graph, the store in a conditional node on
+        ``pending`` (every engine must be capturable: the session checks)."""
         parts = self.parts(num_objects)
-        if not all(piece.capturable for phase in (parts.store, parts.frame(frame_size)) for piece in phase.pieces):
-            return None
-        key = ("fused", frame_size)
-        fused = parts.graphed.get(key)
-        if fused is None:
-            fused = parts.graphed[key] = FusedStep(parts.store, parts.frame(frame_size), self.pending, pool)
-        return fused
-
-    def _run(self, parts: ObjectParts, key: Any, timer: StageTimer, graphs: Any) -> None:
-        phase = parts.store if key == "store" else parts.frame(key)
-        if graphs is None:
-            phase.run_eager(timer)
-            return
-        graphed = parts.graphed.get(key)
-        if graphed is None:
-            graphed = parts.graphed[key] = graphs(phase)
-        graphed.run(timer)
+        step = parts.graphed.get(frame_size)
+        if step is None:
+            step = parts.graphed[frame_size] = GraphedStep(parts.store, parts.frame(frame_size), self.pending, pool)
+        return step

@@ -5,7 +5,7 @@ run). For each path (backend, precision, CUDA graphs on/off) and memory capacity
 fresh Session fills its memory, then steps ``--frames`` frames; reported: median and p90
 step time (CUDA events on CUDA), throughput, host syncs and caching-allocator
 allocations per steady frame, stores (value-encoder runs) per frame and how many ran
-before the host knew the decision, and the step mode (one CUDA graph / per-phase / eager).
+before the host knew the decision, and the step mode (one CUDA graph / eager).
 Per-stage times come from a separate eager pass (``--breakdown``), labelled as such:
 per-stage timing cannot see inside a graph. ``--reads`` times the memory read alone
 with the torch and the Triton kernel at each capacity, the kernels alternated.

@@ -20,8 +20,8 @@ from torch.utils._pytree import tree_flatten
 
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.factory import open_engines
-from eamstcn.runtime.phases import Phase
 from eamstcn.runtime.session import Session
+from eamstcn.runtime.step_core import Phase
 from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets  # noqa: F401
 
 

@@ -210,7 +210,7 @@ def test_cuda_torch_step_is_one_graph_with_the_store_on_the_device(runtime_asset
     """The torch backend: store (conditional node) + frame in one graph; the host never
     needs the decision, so no store runs speculatively, and the frames stored are those
     of an eager run on the same device."""
-    from eamstcn.runtime.cuda_graphs import conditional_nodes_available
+    from eamstcn.runtime.cuda_graphs import ONE_GRAPH, conditional_nodes_available
 
     if not conditional_nodes_available():
         pytest.skip("this torch has no CUDA graph conditional nodes")
@@ -221,7 +221,7 @@ def test_cuda_torch_step_is_one_graph_with_the_store_on_the_device(runtime_asset
             session.step(frame, mask if t == 0 else None)
         stored[graphs] = session.stored_frames
         if graphs:
-            fused = session._core.parts(session.num_objects).graphed[("fused", FRAME_SIZE)]  # noqa: SLF001
-            assert fused.graph is not None and fused.broken is None, session.notes
+            step = session._core.parts(session.num_objects).graphed[FRAME_SIZE]  # noqa: SLF001
+            assert step.graph is not None and session.step_mode == ONE_GRAPH, session.notes
             assert session.speculative_stores == 0
     assert stored[True] == stored[False]

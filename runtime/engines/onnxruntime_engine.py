@@ -11,8 +11,9 @@ they are bound per call onto outputs preallocated per K.
 
 ONNX Runtime's own CUDA graph mode is not used: up to ORT 1.32 its replay ends with a
 ``cudaStreamSynchronize`` even when ``disable_synchronize_execution_providers`` is set
-(microsoft/onnxruntime#28686), a host sync per graph per frame. The session captures
-the torch work between the engine calls instead (:mod:`eamstcn.runtime.cuda_graphs`).
+(microsoft/onnxruntime#28686), a host sync per graph per frame. So these engines are not
+``capturable``: the session runs their steps eagerly, the store decided by the host
+(:mod:`eamstcn.runtime.session`).
 ``onnxruntime`` is imported inside :func:`open_onnxruntime_engines`.
 """
 
