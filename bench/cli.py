@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from eamstcn.cli_errors import run_app
+from eamstcn.cli_errors import run_app, size_option
 from eamstcn.bench.config import BACKEND_NAMES, BenchConfig
 from eamstcn.bench.report import format_table, write_csv, write_json, write_plot
 
@@ -47,17 +47,6 @@ def _timestamped(started: float) -> Callable[[str], None]:
     return notify
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    from eamstcn.sizes import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="'--size'") from None
-
-
 @app.command(help=_HELP)
 def bench(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Your checkpoint; default: B1/B1 with random weights."),
@@ -86,7 +75,7 @@ def bench(
     _check_outputs(outputs)
     try:
         config = BenchConfig(
-            checkpoint=checkpoint, engines=engines, video=video, frames_dir=frames, mask=mask, size=_size(size),
+            checkpoint=checkpoint, engines=engines, video=video, frames_dir=frames, mask=mask, size=size_option(size, "--size"),
             objects=objects, frames_count=frames_count,
             backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
             memory_frames=memory_frames, save=save, warmup=warmup, sweep=sweep, device=device,  # type: ignore[arg-type]
@@ -140,3 +129,7 @@ def _check_outputs(outputs: tuple[tuple[str, Path | None], ...]) -> None:
 
 def main() -> None:
     run_app(app, "eamstcn-bench")
+
+
+if __name__ == "__main__":
+    main()

@@ -47,8 +47,10 @@ def _click_exceptions() -> tuple[tuple[type[Exception], ...], tuple[type[BaseExc
 def run_app(app: typer.Typer, prog: str) -> None:
     """Run ``app`` as the ``prog`` console script and exit with its code.
 
-    Usage errors print ``error: <reason> (see <prog> --help)`` and exit 2; Ctrl-C while
-    Click is still parsing exits 130. Errors the commands raise themselves are theirs.
+    Usage errors print ``error: <reason> (see <prog> --help)`` and exit 2; Ctrl-C that
+    the command does not catch exits 130 (Typer turns it into ``Exit(130)``, an abort
+    while parsing lands here). Errors the commands find themselves are theirs to print,
+    with exit 2 too (the exit-code table in README, "Edge boxes / hardening").
     The process is prepared first (:func:`eamstcn.entry_points.prepare_process`: quiet
     OpenCV), also when the command runs as ``python -m``.
     """
@@ -80,12 +82,15 @@ def missing_extra(error: ModuleNotFoundError, prog: str) -> str | None:
     return f"{prog} needs {root} for this, which this install lacks: pip install \"eamstcn[{extra}]\""
 
 
-def size_option(text: str | None, option: str, min_side: int = 16, max_side: int = 8192) -> tuple[int, int] | None:
-    """``--size``/``--crop`` text -> (H, W), None stays None; a bad value is a usage error
-    naming ``option`` (so it prints as one line through :func:`run_app`)."""
+def size_option(
+    text: str | None, option: str, min_side: int = 16, max_side: int = 8192, short_side: bool = True
+) -> tuple[int, int] | None:
+    """``--size``/``--crop`` text -> (H, W) through :func:`eamstcn.sizes.parse_size`, None
+    stays None; a bad value is a usage error naming ``option`` (so it prints as one line
+    through :func:`run_app`, exit 2)."""
     if text is None:
         return None
     try:
-        return sizes.parse_size(text, min_side, max_side)
+        return sizes.parse_size(text, min_side, max_side, short_side)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None

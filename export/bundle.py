@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eamstcn import ops, sizes
+from eamstcn import ops
 from eamstcn.checkpoint import CheckpointError, build_model, file_sha256, load_checkpoint
 from eamstcn.cpu_features import detect_target
 from eamstcn.export import fp16 as fp16_graphs
@@ -104,17 +104,6 @@ class ExportResult:
     files: list[FileReport]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"480"`` -> (480, 854): short side, 16:9 assumed; ``"360x640"`` -> (360, 640) as H x W.
-
-    Range checks are :func:`validate`'s, so a small size gets the "too small" message.
-    """
-    try:
-        return sizes.parse_size(text)
-    except ValueError as error:
-        raise ExportError(f"--size: {error}") from None
 
 
 def validate(config: ExportConfig) -> None:

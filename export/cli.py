@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from eamstcn.cli_errors import run_app
+from eamstcn.cli_errors import run_app, size_option
+from eamstcn.sizes import parse_size
 
 if TYPE_CHECKING:
     from eamstcn.export.bundle import ExportResult
@@ -112,16 +113,19 @@ def export(
         1.1, "--int8-min-speedup", help="INT8: a graph whose INT8 file is less than this much faster than fp32 here stays fp32 (0: quantize all)."
     ),
 ) -> None:
+    # A bad --size is a usage error (one line, exit 2) before anything loads; a size too
+    # small for the network is the export's own check (validate), naming its minimum.
+    frame_size = size_option(size, "--size", min_side=1)
     # Imported here, not at the top: onnx and timm come with the `model` extra, and without
     # them --help still works and the command says what to install (run_app).
-    from eamstcn.export.bundle import ExportConfig, ExportError, export_bundle, parse_size
+    from eamstcn.export.bundle import ExportConfig, ExportError, export_bundle
 
     started = time.perf_counter()
     try:
         bundled_size = None
         if checkpoint is None:
             checkpoint, bundled_size = _bundled_checkpoint()
-        frame_size = parse_size(size) if size is not None else bundled_size or parse_size("480")
+        frame_size = frame_size or bundled_size or parse_size("480")
         config = ExportConfig(
             checkpoint=checkpoint, out=out, fp16=fp16, frame_size=frame_size, max_objects=max_objects,
             opset=opset, simplify=simplify, trt=trt, workspace_gb=workspace,

@@ -79,3 +79,7 @@ def evaluate_command(
 
 def main() -> None:
     run_app(app, "eamstcn-eval")
+
+
+if __name__ == "__main__":
+    main()

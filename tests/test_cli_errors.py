@@ -1,4 +1,6 @@
-"""Every console script turns a malformed or unknown option into one line and exit 2."""
+"""Every console script turns a malformed or unknown option, and any other error the user
+caused, into one ``error: ...`` line and exit 2 (README's exit-code table, "Edge boxes /
+hardening")."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ ENTRY_POINTS = {
     "eamstcn-export": ("eamstcn.export.cli", ["--nope"]),
     "eamstcn-run": ("eamstcn.runtime.cli", ["--nope"]),
     "eamstcn-bench": ("eamstcn.bench.cli", ["--nope"]),
+    "eamstcn-synth": ("eamstcn.data.synth_cli", ["--out", "o", "--size", "96"]),
 }
 
 
@@ -38,24 +41,56 @@ def test_help_exits_zero(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     assert "--crop" in out and "--dice-weight" in out
 
 
-def test_command_errors_say_error_in_lower_case(tmp_path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """Errors the commands raise themselves (not usage errors) also start with ``error:``."""
-    from typer.testing import CliRunner
+#: A user error each command finds itself (not a usage error): module, arguments ({tmp}:
+#: a folder holding a plain file named "file"), the start of the one line it prints.
+USER_ERRORS = {
+    "eamstcn-train": ("eamstcn.training.cli", ["phase2", "--data", "{tmp}/missing", "--out", "{tmp}/run"],
+                      "error: data folder not found"),
+    "eamstcn-eval": ("eamstcn.runtime.eval_cli", ["--data", "{tmp}/missing", "--checkpoint", "{tmp}/missing.pth"],
+                     "error: not a DAVIS dataset"),
+    "eamstcn-export": ("eamstcn.export.cli", ["--checkpoint", "{tmp}/missing.pth", "--out", "{tmp}/engines"],
+                       "error: checkpoint not found"),
+    "eamstcn-run": ("eamstcn.runtime.cli", ["--video", "{tmp}/missing.mp4", "--mask", "{tmp}/missing.png"],
+                    "error: mask file not found"),
+    "eamstcn-bench": ("eamstcn.bench.cli", ["--objects", "0"], "error: --objects must be at least 1, got 0"),
+    "eamstcn-synth": ("eamstcn.data.synth_cli", ["--out", "{tmp}/file/sub", "--frames", "2", "--sequences", "1",
+                                                 "--size", "64x64", "--no-progress"], "error: cannot write the dataset"),
+}
 
-    from eamstcn.bench.cli import app as bench_app
-    from eamstcn.data.synth_cli import main as synth_main
 
-    result = CliRunner().invoke(bench_app, ["--objects", "0"])
-    assert result.exit_code == 2 and result.stderr.strip().splitlines() == ["error: --objects must be at least 1, got 0"]
+@pytest.mark.parametrize("prog", sorted(USER_ERRORS))
+def test_user_error_is_one_line_and_exit_2(prog: str, tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Errors the commands raise themselves exit 2 as usage errors do, and also start with ``error:``."""
+    module, args, start = USER_ERRORS[prog]
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr("sys.argv", ["eamstcn-synth", "--out", str(tmp_path / "file" / "sub"), "--frames", "2",
-                                     "--sequences", "1", "--size", "64x64", "--no-progress"])
+    monkeypatch.setattr("sys.argv", [prog, *(arg.format(tmp=tmp_path) for arg in args)])
     with pytest.raises(SystemExit) as info:
-        synth_main()
+        importlib.import_module(module).main()
     assert info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot write the dataset"), lines
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start), captured.err
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in a command that does not catch it itself (eamstcn-run does: 130, or 143
+    after SIGTERM) exits 130 through run_app, without a traceback."""
+    import typer
+
+    from eamstcn.cli_errors import run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.argv", ["probe"])
+    with pytest.raises(SystemExit) as info:
+        run_app(app, "probe")
+    assert info.value.code == 130
 
 
 def test_train_out_is_checked_before_training(tmp_path) -> None:

@@ -20,13 +20,14 @@ from typer.testing import CliRunner
 from eamstcn import ops
 from eamstcn.checkpoint import load_model, save_checkpoint
 from eamstcn.config import TINY
-from eamstcn.export.bundle import ExportConfig, ExportError, export_bundle, parse_size
+from eamstcn.export.bundle import ExportConfig, ExportError, export_bundle
 from eamstcn.export.cli import app
 from eamstcn.export.fp16 import fp16_weight_count, fp32_weights
 from eamstcn.export.manifest import FORMAT_TAG, MANIFEST_NAME
 from eamstcn.export.parity import error_stats
 from eamstcn.graph_spec import GRAPH_IO, GRAPHS
 from eamstcn.network import EamStcn, others_from_masks
+from eamstcn.sizes import parse_size
 
 SIZE = 64
 runner = CliRunner()
@@ -247,5 +248,5 @@ def test_parse_size() -> None:
     assert parse_size("240") == (240, 426)
     assert parse_size("360x640") == (360, 640)
     assert ops.padded_size(*parse_size("480")) == (480, 864)
-    with pytest.raises(ExportError):
+    with pytest.raises(ValueError, match="invalid size"):
         parse_size("big")

@@ -21,7 +21,8 @@ from eamstcn.data.synth import (
     sequence_seed,
     write_video,
 )
-from eamstcn.data.synth_cli import app, main, parse_size
+from eamstcn.cli_errors import size_option
+from eamstcn.data.synth_cli import MAX_SIDE, MIN_SIDE, app, main
 
 # Small but long enough for both the occlusion and the look-alike swap (T >= 20 keeps
 # them disjoint by construction).
@@ -198,6 +199,10 @@ def test_write_video_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_parse_size() -> None:
+    """--size as eamstcn-synth reads it: HEIGHTxWIDTH only (no 16:9 short side), 32..4096."""
+    def parse_size(text: str) -> tuple[int, int] | None:
+        return size_option(text, "--size", MIN_SIDE, MAX_SIDE, short_side=False)
+
     assert parse_size("96x160") == (96, 160)
     assert parse_size(" 64 X 128 ") == (64, 128)
     for bad in ("96", "x", "96x", "12x12", "96x160x3", "-96x160"):
@@ -218,21 +223,32 @@ def test_cli_writes_a_dataset(tmp_path: Path) -> None:
     assert frames.shape == (4, 64, 96, 3) and len(masks) == 4
 
 
+def _main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """eamstcn-synth as the console script runs it (run_app: usage errors are one line)."""
+    monkeypatch.setattr("sys.argv", ["eamstcn-synth", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return info.value.code, captured.out + captured.err
+
+
 @pytest.mark.parametrize("size", ["abc", "96", "10x10", "64x"])
-def test_cli_bad_size_is_one_line_and_non_zero(tmp_path: Path, size: str) -> None:
-    result = CliRunner().invoke(app, ["--out", str(tmp_path / "o"), "--size", size])
-    assert result.exit_code != 0
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "--size" in lines[0], result.output
-    assert "Traceback" not in result.output
+def test_cli_bad_size_is_one_line_and_non_zero(tmp_path: Path, size: str, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = _main(["--out", str(tmp_path / "o"), "--size", size], monkeypatch, capsys)
+    assert code == 2
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and "--size" in lines[0], output
+    assert "Traceback" not in output
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_other_usage_errors_are_one_line(tmp_path: Path) -> None:
+def test_cli_other_usage_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     for args in ([], ["--out", str(tmp_path), "--frames", "0"], ["--out", str(tmp_path), "--nope"]):
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 2
-        assert len(result.output.strip().splitlines()) == 1, result.output
+        code, output = _main(args, monkeypatch, capsys)
+        assert code == 2
+        assert len(output.strip().splitlines()) == 1, output
 
 
 def test_cli_help_mentions_the_options() -> None:
