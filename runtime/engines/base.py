@@ -3,19 +3,24 @@
 An engine runs one of the three graphs of :mod:`eamstcn.graph_spec`: named torch tensors
 in, a dict of named torch tensors out, on the engine set's device. Backends live one per
 file (``torch_engine``, ``onnxruntime_engine``, ``tensorrt_engine``) and import their
-heavy library inside, so this module needs torch only.
+heavy library inside, so this module needs torch only. Each opens one graph its own way
+and leaves the rest of the set to :func:`assemble_engine_set`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
+from eamstcn import graph_spec
+from eamstcn.manifest_spec import PRECISION_DTYPES
+
 if TYPE_CHECKING:
     from eamstcn.runtime.engines.binding import BoundEngine
-    from eamstcn.runtime.manifest import Manifest
+    from eamstcn.runtime.manifest import GraphFile, Manifest
 
 #: A dimension is a size, or a symbol: "K" (objects, dynamic) or "H"/"W" (frame-sized).
 Dim = int | str
@@ -165,3 +170,67 @@ class EngineSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """"fp32"/"fp16"/"int8" -> the dtype of every graph input and output at that precision."""
+    return getattr(torch, PRECISION_DTYPES[precision])
+
+
+#: A graph's inputs or outputs, in order.
+Specs = tuple[TensorSpec, ...]
+#: Opens one graph: (graph name, its file in the bundle, or None for the torch backend,
+#: input specs, output specs, both already in the file's dtype) -> its engine.
+OpenGraph = Callable[[str, "GraphFile | None", Specs, Specs], Engine]
+
+#: File format -> what a bundle without files of a precision lacks, and how to get them.
+_MISSING_FILES = {
+    "onnx": "ONNX files: re-export with `eamstcn-export --checkpoint best.pth --fp16`",
+    "tensorrt": "TensorRT plans: run eamstcn-export --fp16 on this machine (with tensorrt installed)",
+}
+
+
+def assemble_engine_set(
+    backend: str,
+    manifest: Manifest,
+    device: torch.device,
+    precision: str,
+    open_graph: OpenGraph,
+    file_format: str | None = None,
+    reason: str = "",
+) -> EngineSet:
+    """The three graphs of ``manifest``, each opened by ``open_graph``, as one EngineSet:
+    what every backend shares (its own checks of the device and of its files come first).
+
+    ``file_format`` ("onnx", "tensorrt"): every graph must have a file of that format and
+    ``precision`` (else one :class:`EngineError` line), and its specs take the file's
+    dtype; None (the torch backend): no files, specs in the precision's dtype. The set's
+    ``dtype`` is the precision's (:func:`precision_dtype`: int8 files have float32
+    interfaces). When one graph fails to open, those already opened are closed before
+    the error goes on.
+    """
+    if file_format is not None and precision not in manifest.precisions(file_format):
+        raise EngineError(f"the engine bundle has no {precision} {_MISSING_FILES[file_format]}")
+    dtype = precision_dtype(precision)
+    engines: dict[str, Engine] = {}
+    try:
+        for name in graph_spec.GRAPHS:
+            entry = manifest.graphs[name]
+            graph_file = entry.file(file_format, precision) if file_format is not None else None
+            inputs, outputs = entry.with_dtype(graph_file.dtype if graph_file is not None else dtype)
+            engines[name] = open_graph(name, graph_file, inputs, outputs)
+    except BaseException:
+        for engine in engines.values():
+            engine.close()
+        raise
+    return EngineSet(
+        key_encoder=engines[graph_spec.KEY_ENCODER],
+        value_encoder=engines[graph_spec.VALUE_ENCODER],
+        decoder=engines[graph_spec.DECODER],
+        manifest=manifest,
+        device=normalize_device(device),
+        dtype=dtype,
+        backend=backend,
+        reason=reason,
+        precision=precision,
+    )

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, check_inputs, normalize_device
+from eamstcn.runtime.engines.base import (
+    EngineError, EngineSet, GraphEngine, Specs, TensorSpec, assemble_engine_set, check_inputs, normalize_device,
+)
 from eamstcn.runtime.manifest import GraphFile, Manifest
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -220,9 +222,6 @@ def open_onnxruntime_engines(
         raise EngineError(f"the onnxruntime backend runs on cpu or cuda, not {device.type}")
     if precision == "fp16" and device.type != "cuda":
         raise EngineError("fp16 engines need a CUDA device; use --precision fp32 on the CPU")
-    if precision not in manifest.precisions("onnx"):
-        raise EngineError(f"the engine bundle has no {precision} ONNX files: re-export with `eamstcn-export --checkpoint best.pth --fp16`")
-    dtype = torch.float16 if precision == "fp16" else torch.float32
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
@@ -243,26 +242,13 @@ def open_onnxruntime_engines(
     else:
         providers = [CPU_PROVIDER]
 
-    engines = {}
-    for name in graph_spec.GRAPHS:
-        entry = manifest.graphs[name]
-        graph_file = entry.file("onnx", precision)
-        assert graph_file is not None  # checked by manifest.precisions above
+    def open_graph(name: str, graph_file: GraphFile | None, inputs: Specs, outputs: Specs) -> OnnxRuntimeEngine:
+        assert graph_file is not None  # a file of this precision for every graph: checked when assembled
         session = _session(ort, graph_file, options, providers, device)
-        inputs, outputs = entry.with_dtype(graph_file.dtype)
         _check_session_io(name, session, graph_file.path)
-        engines[name] = OnnxRuntimeEngine(name, session, device, inputs, outputs, run_options, stream)
-    return EngineSet(
-        key_encoder=engines[graph_spec.KEY_ENCODER],
-        value_encoder=engines[graph_spec.VALUE_ENCODER],
-        decoder=engines[graph_spec.DECODER],
-        manifest=manifest,
-        device=device,
-        dtype=dtype,
-        backend="onnxruntime",
-        reason=reason,
-        precision=precision,
-    )
+        return OnnxRuntimeEngine(name, session, device, inputs, outputs, run_options, stream)
+
+    return assemble_engine_set("onnxruntime", manifest, device, precision, open_graph, "onnx", reason)
 
 
 def _session(ort: Any, graph_file: GraphFile, options: Any, providers: list[Any], device: torch.device) -> Any:

@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, check_inputs, normalize_device
-from eamstcn.runtime.manifest import Manifest
+from eamstcn.runtime.engines.base import (
+    EngineError, EngineSet, GraphEngine, Specs, TensorSpec, assemble_engine_set, check_inputs, normalize_device,
+)
+from eamstcn.runtime.manifest import GraphFile, Manifest
 
 
 def import_tensorrt() -> Any:
@@ -195,35 +197,21 @@ def open_tensorrt_engines(manifest: Manifest, device: torch.device, precision: s
     trt = import_tensorrt()
     if device.type != "cuda":
         raise EngineError("the tensorrt backend needs a CUDA device")
-    if precision not in manifest.precisions("tensorrt"):
-        raise EngineError(f"the engine bundle has no {precision} TensorRT plans: run eamstcn-export --fp16 on this machine (with tensorrt installed)")
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    engines = {}
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    with torch.cuda.device(device):
-        for name in graph_spec.GRAPHS:
-            entry = manifest.graphs[name]
-            plan_file = entry.file("tensorrt", precision)
-            assert plan_file is not None
-            engine = runtime.deserialize_cuda_engine(plan_file.path.read_bytes())
-            if engine is None:
-                raise EngineError(f"TensorRT cannot load {plan_file.path}: plans are tied to the GPU and TensorRT version that built them; re-export here")
-            inputs, outputs = entry.with_dtype(plan_file.dtype)
-            check_plan(engine, inputs, outputs, str(plan_file.path))
-            engines[name] = TensorRTEngine(name, engine, device, inputs, outputs)
-    return EngineSet(
-        key_encoder=engines[graph_spec.KEY_ENCODER],
-        value_encoder=engines[graph_spec.VALUE_ENCODER],
-        decoder=engines[graph_spec.DECODER],
-        manifest=manifest,
-        device=device,
-        dtype=dtype,
-        backend="tensorrt",
-        reason=reason,
-        precision=precision,
-        notes=[f"object range {engines[graph_spec.DECODER].object_range}"],
-    )
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+
+    def open_graph(name: str, plan_file: GraphFile | None, inputs: Specs, outputs: Specs) -> TensorRTEngine:
+        assert plan_file is not None  # a plan of this precision for every graph: checked when assembled
+        engine = runtime.deserialize_cuda_engine(plan_file.path.read_bytes())
+        if engine is None:
+            raise EngineError(f"TensorRT cannot load {plan_file.path}: plans are tied to the GPU and TensorRT version that built them; re-export here")
+        check_plan(engine, inputs, outputs, str(plan_file.path))
+        return TensorRTEngine(name, engine, device, inputs, outputs)
+
+    with torch.cuda.device(device):  # plans and their contexts belong to the current device
+        engines = assemble_engine_set("tensorrt", manifest, device, precision, open_graph, "tensorrt", reason)
+    assert isinstance(engines.decoder, TensorRTEngine)
+    engines.notes.append(f"object range {engines.decoder.object_range}")
+    return engines
 
 
 class TensorRTBinding:

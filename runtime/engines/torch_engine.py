@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 
 from eamstcn import graph_spec
-from eamstcn.runtime.engines.base import EngineError, EngineSet, GraphEngine, TensorSpec, normalize_device
-from eamstcn.runtime.manifest import Manifest, checkpoint_manifest
+from eamstcn.runtime.engines.base import (
+    EngineError, EngineSet, GraphEngine, Specs, TensorSpec, assemble_engine_set, normalize_device, precision_dtype,
+)
+from eamstcn.runtime.manifest import GraphFile, Manifest, checkpoint_manifest
 
 
 class TorchEngine(GraphEngine):
@@ -86,26 +88,15 @@ def open_torch_engines(
         raise EngineError(
             f"checkpoint {checkpoint} has model config {loaded.config} but the engine bundle was exported from {manifest.model_config}"
         )
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    model = model.to(device=device, dtype=dtype).eval()
-    manifest = manifest or checkpoint_manifest(loaded.config, frame_size)
+    model = model.to(device=device, dtype=precision_dtype(precision)).eval()
     methods = {
         graph_spec.KEY_ENCODER: model.encode_key,
         graph_spec.VALUE_ENCODER: model.encode_value,
         graph_spec.DECODER: model.decode,
     }
-    engines = {}
-    for name, method in methods.items():
-        inputs, outputs = manifest.graphs[name].with_dtype(dtype)
-        engines[name] = TorchEngine(name, method, inputs, outputs)
-    return EngineSet(
-        key_encoder=engines[graph_spec.KEY_ENCODER],
-        value_encoder=engines[graph_spec.VALUE_ENCODER],
-        decoder=engines[graph_spec.DECODER],
-        manifest=manifest,
-        device=device,
-        dtype=dtype,
-        backend="torch",
-        reason=reason,
-        precision=precision,
-    )
+
+    def open_graph(name: str, _file: GraphFile | None, inputs: Specs, outputs: Specs) -> TorchEngine:
+        return TorchEngine(name, methods[name], inputs, outputs)
+
+    manifest = manifest or checkpoint_manifest(loaded.config, frame_size)
+    return assemble_engine_set("torch", manifest, device, precision, open_graph, reason=reason)
