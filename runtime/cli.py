@@ -21,7 +21,8 @@ from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.lost import DEFAULT_LOST_AFTER
 from eamstcn.runtime.marking import parse_add_box
 from eamstcn.runtime.prompts import parse_box, parse_point
-from eamstcn.runtime.runner import USER_ERRORS, RunError, RunOptions, parse_add_mask, run
+from eamstcn.runtime.run_options import RunError, RunOptions, parse_add_mask
+from eamstcn.runtime.runner import USER_ERRORS, run
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
@@ -80,7 +81,11 @@ def segment(
     """Segment the objects of the first-frame mask through a live feed or a video."""
     frame_size = size_option(size, "--size")  # a usage error: one line, exit 2 (outside the catch-all below)
     try:
-        _check_values(memory_frames, top_k, save_every, max_frames)
+        # Each value is checked once, where it lives: the configs their own fields (made
+        # before --demo and --snapshot, so that those refuse a bad value too), RunOptions
+        # its own fields and how they combine, the runner the files and the engines.
+        memory = _config(MemoryConfig, capacity=memory_frames, top_k=top_k)
+        save_config = _config(SaveConfig, mode=save.value, save_every=save_every)
         if demo:
             if any(value is not None for value in (mask, camera, video, frames)) or add_mask:
                 raise RunError("--demo brings its own clip and first mask: drop --mask, --add-mask and the source")
@@ -89,8 +94,6 @@ def segment(
         if snapshot is not None:
             _snapshot(snapshot, camera, video, frames)
             return
-        if lost_after < 0:
-            raise RunError(f"--lost-after must be 0 (never) or more, got {lost_after}")
         options = RunOptions(
             mask=mask,
             boxes=tuple(parse_box(text) for text in box or []),
@@ -105,8 +108,8 @@ def segment(
             backend=backend.value,
             precision=precision.value,
             device=device,
-            memory=_config(MemoryConfig, capacity=memory_frames, top_k=top_k),
-            save=_config(SaveConfig, mode=save.value, save_every=save_every),
+            memory=memory,
+            save=save_config,
             add_masks=tuple(parse_add_mask(text) for text in add_mask or []),
             output=output,
             show=show,
@@ -153,18 +156,8 @@ def _run_demo(output: Path | None, checkpoint: Path | None, engines: Path | None
 _FLAGS = {"capacity": "--memory-frames", "top_k": "--top-k", "save_every": "--save-every"}
 
 
-def _check_values(memory_frames: int, top_k: int, save_every: int | None, max_frames: int | None) -> None:
-    if memory_frames < 2:
-        raise RunError(f"--memory-frames must be at least 2 (the first frame stays; one slot must be free to replace), got {memory_frames}")
-    if top_k < 1:
-        raise RunError(f"--top-k must be at least 1, got {top_k}")
-    if save_every is not None and save_every < 1:
-        raise RunError(f"--save-every must be at least 1, got {save_every}")
-    if max_frames is not None and max_frames < 1:
-        raise RunError(f"--max-frames must be at least 1, got {max_frames}")
-
-
 def _config(kind: type, **values: object) -> object:
+    """``kind(**values)``; its refusal as a :class:`RunError` that names the flag."""
     try:
         return kind(**values)
     except ValueError as error:

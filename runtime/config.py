@@ -14,12 +14,13 @@ ReadKernel = Literal["auto", "torch", "triton"]
 SaveMode = Literal["adaptive", "fixed"]
 
 
-def _require_int(name: str, value: object, minimum: int) -> None:
+def _require_int(name: str, value: object, minimum: int, why: str = "") -> None:
+    """``why``: the reason for the minimum, said in the message."""
     # bool is an int subclass; True as a capacity is a typo, not a 1.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be at least {minimum}{f' ({why})' if why else ''}, got {value}")
 
 
 def _require_non_negative(name: str, value: object) -> None:
@@ -47,7 +48,7 @@ class MemoryConfig:
     read_kernel: ReadKernel = "auto"
 
     def __post_init__(self) -> None:
-        _require_int("capacity", self.capacity, 2)
+        _require_int("capacity", self.capacity, 2, "the first frame stays; one slot must be free to replace")
         _require_int("top_k", self.top_k, 1)
         if self.eviction not in ("usage", "oldest"):
             raise ValueError(f"eviction must be 'usage' or 'oldest', got {self.eviction!r}")

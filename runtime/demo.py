@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from eamstcn.default_model import BundledModelMissing, bundled_model
-from eamstcn.runtime.runner import RunError, RunOptions, RunSummary, _check_output, _notice, run
+from eamstcn.notices import notice
+from eamstcn.runtime.run_options import RunError, RunOptions, check_output
+from eamstcn.runtime.runner import RunSummary, run
 
 DEFAULT_DEMO_DIR = Path("eamstcn-demo")
 DEMO_SEED = 20240
@@ -50,13 +52,13 @@ def run_demo(
     engines: Path | None = None,
     backend: str = "auto",
     device: str | None = "cpu",
-    notify: Callable[[str], None] = _notice,
+    notify: Callable[[str], None] = notice,
     progress: bool = True,
 ) -> DemoResult:
     """Generate the demo clip into ``output/input``, segment it from its first mask with
     the bundled model (or ``checkpoint``/``engines``) and write the run's outputs into
     ``output``. Raises the runner's user errors, one line each."""
-    _check_output(output)
+    check_output(output)
     if checkpoint is None and engines is None:
         try:
             model = bundled_model()

@@ -235,7 +235,7 @@ def test_palette_add_mask_corrects_a_tracked_id(runtime_assets: RuntimeAssets, c
 
 def test_plan_of_object_ids() -> None:
     from eamstcn.data.davis_io import MaskFile
-    from eamstcn.runtime.runner import plan_object_ids
+    from eamstcn.runtime.mask_plan import plan_object_ids
 
     def mask(values: list[int], explicit: bool) -> MaskFile:
         return MaskFile(np.array([values], dtype=np.uint8), explicit)
