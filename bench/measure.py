@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from eamstcn.bench.clip import Clip
 from eamstcn.bench.device_memory import device_memory_mb
 from eamstcn.bench.results import BackendResult, StageTiming, percentile
+from eamstcn.data.clip_reader import Clip
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.base import EngineSet
 from eamstcn.runtime.session import Session

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from eamstcn.bench.clip import Clip, footage_clip, generated_clip
+from eamstcn.bench.clip import footage_clip, generated_clip
 from eamstcn.bench.config import BACKEND_NAMES, BASELINE, REFERENCES, BenchConfig
 from eamstcn.bench.measure import mask_agreement, run_clip, summarise
 from eamstcn.bench.results import BackendResult
+from eamstcn.data.clip_reader import Clip
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.base import EngineSet
 from eamstcn.runtime.engines.factory import open_engines

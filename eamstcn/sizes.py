@@ -14,8 +14,8 @@ def parse_size(text: str, min_side: int = 1, max_side: int = 8192, short_side: b
     is False). Raises ValueError with a one-line reason."""
     match = _SIZE.fullmatch(text.strip())
     if match is None or (not short_side and not match.group(2)):
-        shorthand = " or the short side of a 16:9 frame (480)" if short_side else ""
-        raise ValueError(f"invalid size {text!r}: give HEIGHTxWIDTH (480x854){shorthand}")
+        wanted = "HxW (480x854) or the short side of a 16:9 frame (480)" if short_side else "both sides, HxW (HEIGHTxWIDTH: 480x854)"
+        raise ValueError(f"invalid size {text!r}: give {wanted}")
     height = int(match.group(1))
     width = int(match.group(2)) if match.group(2) else 2 * round(height * 16 / 9 / 2)
     if not (min_side <= height <= max_side and min_side <= width <= max_side):

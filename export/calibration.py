@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from eamstcn import ops
-from eamstcn.export.calibration_source import CalibrationClip, CalibrationSource
+from eamstcn.data.clip_reader import Clip
+from eamstcn.export.calibration_source import CalibrationSource
 from eamstcn.graph_spec import DECODER, GRAPHS, KEY_ENCODER, VALUE_ENCODER
 
 Feeds = dict[str, np.ndarray]
@@ -117,7 +118,7 @@ def _numpy(tensors: dict[str, torch.Tensor]) -> Feeds:
 
 @torch.no_grad()
 def _run_clip(
-    clip: CalibrationClip, runners: dict[str, GraphRunner], frame_size: tuple[int, int], data: CalibrationData,
+    clip: Clip, runners: dict[str, GraphRunner], frame_size: tuple[int, int], data: CalibrationData,
     save_every: int, memory_frames: int, top_k: int,
 ) -> None:
     objects = [int(v) for v in np.unique(clip.first_mask) if v != 0]

@@ -18,19 +18,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from eamstcn.data.davis_io import FRAME_EXTENSIONS, read_frame
-from eamstcn.fileio import non_utf8_path
+from eamstcn.data.clip_reader import (
+    CaptureFactory, ClipError, frame_folder, open_capture, read_capture_frame, video_target,
+)
+from eamstcn.data.davis_io import read_frame
 from eamstcn.notices import notice
 
 
-class SourceError(ValueError):
-    """A source that cannot be opened; the message is one line meant for the user."""
+#: A source that cannot be opened or read: the clip reader's error (one line for the
+#: user), under the name the runtime's callers catch.
+SourceError = ClipError
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,6 @@ class FrameSource:
 # ---------------------------------------------------------------------------- opening
 
 
-def is_stream_url(text: str) -> bool:
-    return "://" in text
-
-
 def open_source(
     camera: int | None = None,
     video: str | Path | None = None,
@@ -162,14 +160,15 @@ def open_source(
     retries: int = 3,
     retry_wait: float = 0.5,
     notify: Callable[[str], None] = notice,
-    capture_factory: Callable[..., Any] | None = None,
+    capture_factory: CaptureFactory | None = None,
 ) -> FrameSource:
     """Open exactly one of a camera index, a video file or URL, or an image folder.
 
     ``retries``/``retry_wait``: for live sources, how often and after how long a source
     that stops delivering is reopened before the stream ends. ``capture_factory`` builds
     the ``cv2.VideoCapture``-like object (default ``cv2.VideoCapture``; tests pass a fake).
-    Raises :class:`SourceError` when the source cannot be opened.
+    Raises :class:`SourceError` when the source cannot be opened (the checks and messages
+    are :mod:`eamstcn.data.clip_reader`'s, shared with the bench and INT8 calibration).
     """
     capture_factory = capture_factory or cv2.VideoCapture
     given = [name for name, value in (("camera", camera), ("video", video), ("frames", frames)) if value is not None]
@@ -181,24 +180,15 @@ def open_source(
         if isinstance(camera, bool) or camera < 0:  # OpenCV segfaults on a negative index
             raise SourceError(f"--camera takes a camera index: 0, 1, ... (got {camera})")
         return _capture_source(camera, f"camera {camera}", True, retries, retry_wait, notify, capture_factory)
-    text = str(video)
-    shown = non_utf8_path(text)
-    if shown is not None:
-        raise SourceError(f"--video {shown}: the name is not valid UTF-8, which OpenCV cannot open; rename the file")
-    if is_stream_url(text):
-        return _capture_source(text, text, True, retries, retry_wait, notify, capture_factory)
-    path = Path(text)
-    if not path.is_file():
-        raise SourceError(f"video not found: {path}")
-    return _capture_source(str(path), path.name, False, 0, 0.0, notify, capture_factory)
+    assert video is not None
+    target, live = video_target(video)
+    if live:
+        return _capture_source(target, target, True, retries, retry_wait, notify, capture_factory)
+    return _capture_source(target, Path(target).name, False, 0, 0.0, notify, capture_factory)
 
 
 def _folder_source(folder: Path) -> FrameSource:
-    if not folder.is_dir():
-        raise SourceError(f"frame folder not found: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS)
-    if not paths:
-        raise SourceError(f"no .jpg/.png frames in {folder}")
+    paths = frame_folder(folder)
     iterator = iter(paths)
 
     def read_next() -> np.ndarray | None:
@@ -215,36 +205,26 @@ def _capture_source(
     retries: int,
     retry_wait: float,
     notify: Callable[[str], None],
-    capture_factory: Callable[..., Any],
+    capture_factory: CaptureFactory,
 ) -> FrameSource:
-    capture = capture_factory(target)
-    if not capture.isOpened():
-        capture.release()
-        if isinstance(target, int):
-            raise SourceError(f"camera {target} did not open (is it connected and free?)")
-        if live:
-            raise SourceError(f"stream {target} did not open (wrong address, or the server is not answering)")
-        raise SourceError(
-            f"video {target} did not open: not a video OpenCV can read, or damaged "
-            "(an mp4 cut short loses the index at its end)"
-        )
+    capture = open_capture(target, live, capture_factory)
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) or None
     count = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) or None
     holder = {"capture": capture}
     delivered = [0]
 
     def read_next() -> np.ndarray | None:
-        ok, frame = holder["capture"].read()
+        frame = read_capture_frame(holder["capture"])
         attempt = 0
-        while not ok and live and attempt < retries:
+        while frame is None and live and attempt < retries:
             attempt += 1
             notify(f"{name} stopped delivering frames; reconnecting ({attempt}/{retries})")
             time.sleep(retry_wait)
             holder["capture"].release()
             holder["capture"] = capture_factory(target)
             if holder["capture"].isOpened():
-                ok, frame = holder["capture"].read()
-        if not ok:
+                frame = read_capture_frame(holder["capture"])
+        if frame is None:
             if live:
                 notify(f"{name} ended: no frames after {retries} reconnection attempts")
             elif count is not None and delivered[0] < count:
@@ -254,7 +234,7 @@ def _capture_source(
                 )
             return None
         delivered[0] += 1
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        return frame
 
     return FrameSource(SourceInfo(name, live=live, fps=fps, frame_count=None if live else count), read_next, lambda: holder["capture"].release())
 
