@@ -178,10 +178,3 @@ def build_model(checkpoint: Checkpoint, source: str = "checkpoint") -> EamStcn:
     check_weights_fit(model, checkpoint.weights, source)
     model.load_state_dict(checkpoint.weights)
     return model.eval()
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> EamStcn:
-    """Checkpoint file -> network on ``device`` in eval mode."""
-    return build_model(load_checkpoint(path), str(path)).to(device)
-
-

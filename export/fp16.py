@@ -24,7 +24,7 @@ _FLOAT32_ONLY_INPUTS: dict[str, tuple[int, ...]] = {"Resize": (1, 2)}
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
-def _float32_only_tensors(graph: onnx.GraphProto) -> set[str]:
+def float32_only_tensors(graph: onnx.GraphProto) -> set[str]:
     """Names of tensors that must stay float32 (feed a float32-only input slot)."""
     keep: set[str] = set()
     for node in graph.node:
@@ -55,7 +55,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
     graph = converted.graph
-    keep32 = _float32_only_tensors(graph)
+    keep32 = float32_only_tensors(graph)
     clipped = 0
 
     for index, initializer in enumerate(graph.initializer):
@@ -93,19 +93,3 @@ def write_fp16(source: str | Path, destination: str | Path) -> int:
     model, clipped = convert_to_fp16(onnx.load(str(source)))
     onnx.save(model, str(destination))
     return clipped
-
-
-def fp32_weights(path: str | Path) -> list[str]:
-    """Names of float32 initialisers in an fp16 file other than those ONNX requires in fp32.
-
-    Empty for a correct conversion: tests use this to show an fp16 file holds fp16 weights
-    (the ``Resize`` scales, which onnxslim turns into initialisers, are allowed).
-    """
-    graph = onnx.load(str(path)).graph
-    keep32 = _float32_only_tensors(graph)
-    return [item.name for item in graph.initializer if item.data_type == TensorProto.FLOAT and item.name not in keep32]
-
-
-def fp16_weight_count(path: str | Path) -> int:
-    """Number of float16 initialisers in an ONNX file."""
-    return sum(item.data_type == TensorProto.FLOAT16 for item in onnx.load(str(path)).graph.initializer)

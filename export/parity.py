@@ -129,10 +129,6 @@ def make_case(model: EamStcn, frame_size: tuple[int, int], num_objects: int, see
     return ParityCase(num_objects=num_objects, inputs=inputs, expected=expected)
 
 
-def make_cases(model: EamStcn, frame_size: tuple[int, int], objects: tuple[int, ...] = PARITY_OBJECTS) -> list[ParityCase]:
-    return [make_case(model, frame_size, count) for count in objects]
-
-
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 

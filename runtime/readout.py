@@ -1,4 +1,4 @@
-"""Top-k memory readout as pure tensor functions (DESIGN section 3), without a dense matrix.
+"""Top-k memory readout as pure tensor functions (docs/MEMORY.md), without a dense matrix.
 
 Layout: memory keys ``(Ck, N)`` in float32, values position-major ``(K, N, Cv)`` in the
 engines' dtype, a query ``(Ck, M)``; N = frames * h*w memory positions, M = h*w queries.
@@ -24,8 +24,6 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-
-from eamstcn.ops import affinity
 
 
 @dataclass(frozen=True)
@@ -214,7 +212,7 @@ def topk_weights(
     bias = buffers.bias[:num_memory]
     # A masked bias of +inf turns S into -inf inside the addmm: masking costs no extra
     # pass over (M, N). The affinity is built transposed so top-k runs along the
-    # contiguous axis (about twice as fast as along the memory axis, see GPU.md).
+    # contiguous axis (about twice as fast as along the memory axis, see docs/GPU.md).
     torch.where(valid, key_sq_norm, buffers.masked, out=bias)
     scale = 1.0 / math.sqrt(key_dim)
     torch.addmm(bias, query_key.t(), memory_keys, beta=-scale, alpha=2.0 * scale, out=affinity)
@@ -292,7 +290,8 @@ def topk_readout(
     buffers: ReadoutBuffers | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One whole read (allocating what is not given): for tests and one-off use.
+    """One whole read (allocating what is not given): for one-off use (the fused read's
+    warm-up check) and tests; the bank calls the steps above into its own buffers.
 
     Args:
         memory_keys: (Ck, N) float32 (other float dtypes are converted).
@@ -322,28 +321,3 @@ def topk_readout(
     gather_readout(memory_values, weights, indices, out, buffers)
     return out, weights, indices
 
-
-def position_weight(weights: torch.Tensor, indices: torch.Tensor, num_memory: int) -> torch.Tensor:
-    """(N,) weight mass each memory position received (a new tensor; for tests and logs)."""
-    return torch.zeros(num_memory, dtype=weights.dtype, device=weights.device).index_add_(0, indices.view(-1), weights.view(-1))
-
-
-def dense_readout(
-    memory_keys: torch.Tensor,
-    memory_values: torch.Tensor,
-    query_key: torch.Tensor,
-    valid: torch.Tensor,
-    top_k: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference for tests: the same readout with every weight materialised densely.
-
-    Built differently on purpose: :func:`eamstcn.ops.affinity` in (N, M), top-k over the
-    memory axis, softmax over a -inf-masked dense matrix. Takes values ``(K, N, Cv)``
-    like :func:`topk_readout`; returns ``(readout (K, Cv, M), position weight (N,))``.
-    """
-    scores = affinity(memory_keys.unsqueeze(0), query_key.unsqueeze(0))[0]  # (N, M)
-    scores = scores.masked_fill(~valid.unsqueeze(1), -math.inf)
-    k = min(top_k, scores.shape[0])
-    kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(0, scores.topk(k, dim=0).indices, True)
-    weights = torch.softmax(scores.masked_fill(~kept, -math.inf), dim=0).nan_to_num(0.0)  # (N, M)
-    return memory_values.transpose(1, 2) @ weights.to(memory_values.dtype), weights.sum(dim=1)

@@ -16,8 +16,8 @@ import eamstcn.bench.runner as bench_runner
 from eamstcn.bench.cli import app
 from eamstcn.bench.results import BackendResult
 from eamstcn.bench.runner import BenchReport
-from tests.conftest_runtime import write_mask
-from tests.test_run_cli import assert_one_line_error
+from tests.helpers.assets import write_mask
+from tests.helpers.cli import assert_one_line_error
 
 
 def bench(*args: object):

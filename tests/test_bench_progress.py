@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from eamstcn.bench.config import BenchConfig
-from tests.conftest_runtime import RuntimeAssets, runtime_assets  # noqa: F401
+from tests.helpers.assets import RuntimeAssets
 
 
 def test_bench_reports_each_stage_of_each_backend(runtime_assets: RuntimeAssets, monkeypatch: pytest.MonkeyPatch) -> None:

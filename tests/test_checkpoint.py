@@ -7,32 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from eamstcn.checkpoint import (
-    FORMAT_TAG,
-    CheckpointError,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
+from eamstcn.checkpoint import FORMAT_TAG, CheckpointError, load_checkpoint, save_checkpoint
 from eamstcn.config import TINY, ModelConfig
-from eamstcn.network import EamStcn, others_from_masks
+from eamstcn.network import EamStcn
+from tests.helpers.models import load_model, network_outputs
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> EamStcn:
     torch.manual_seed(0)
     return EamStcn(TINY).eval()
-
-
-@torch.no_grad()
-def network_outputs(model: EamStcn) -> list[torch.Tensor]:
-    """Key, f16x, value and logits of ``model`` on fixed random inputs (64x96, K=2)."""
-    generator = torch.Generator().manual_seed(7)
-    image = torch.randn(1, 3, 64, 96, generator=generator)
-    masks = torch.rand(2, 1, 64, 96, generator=generator)
-    key, f16x, f8, f4 = model.encode_key(image)
-    value = model.encode_value(image, masks, others_from_masks(masks), f16x)
-    return [key, f16x, value, model.decode(value, f16x, f8, f4)]
 
 
 def test_round_trip_reproduces_outputs_exactly(tiny_model: EamStcn, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from eamstcn.default_model import (
     bundled_model,
     pack_bundled_model,
 )
-from tests.conftest_runtime import RuntimeAssets, runtime_assets, write_mask  # noqa: F401
+from tests.helpers.assets import RuntimeAssets, write_mask
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_pack_writes_fp16_weights_and_a_description(bundled: Path, runtime_asset
 
 
 def test_loads_back_to_fp32(bundled: Path, runtime_assets: RuntimeAssets) -> None:
-    from eamstcn.checkpoint import load_model
+    from tests.helpers.models import load_model
 
     model = load_model(bundled_checkpoint())
     reference = load_model(runtime_assets.checkpoint)
@@ -328,7 +328,7 @@ def test_runtime_only_install_runs_the_bundled_model(packed_with_engines: Path, 
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """No timm, no onnx, no click: --demo and a video run on the bundled ONNX engines."""
     from eamstcn.data.synth import generate_sequence, write_video
-    from tests.test_packaging import run_runtime_only
+    from tests.helpers.runtime_only import run_runtime_only
 
     monkeypatch.setenv(ENV_VAR, str(packed_with_engines))
     result = run_runtime_only("eamstcn-run", "--demo", "--output", tmp_path / "demo", "--device", "cpu", cwd=tmp_path)

@@ -16,7 +16,7 @@ from eamstcn.runtime.engines.base import EngineError, Engine
 from eamstcn.runtime.engines.factory import open_engines, resolve_device
 from eamstcn.runtime.manifest import ManifestError, load_manifest
 from eamstcn.runtime.session import Session
-from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, copy_bundle, iou, runtime_assets  # noqa: F401
+from tests.helpers.assets import FRAME_SIZE, RuntimeAssets, copy_bundle, iou
 
 
 def _block_import(monkeypatch: pytest.MonkeyPatch, blocked: str) -> None:

@@ -17,7 +17,6 @@ from eamstcn.data.davis_io import read_mask, write_frame
 from eamstcn.data.synth import generate_dataset
 from eamstcn.runtime.eval_cli import app
 from eamstcn.network import EamStcn
-from tests.conftest_runtime import runtime_assets  # noqa: F401
 
 
 @pytest.fixture(scope="module")

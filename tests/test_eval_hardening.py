@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from eamstcn.data.synth import generate_dataset
 from eamstcn.runtime.eval_cli import app
-from tests.conftest_runtime import runtime_assets  # noqa: F401
-from tests.test_run_cli import assert_one_line_error
+from tests.helpers.cli import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def evaluate(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_out_that_is_a_file_is_refused_before_the_work(runtime_assets, davis: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+def test_out_that_is_a_file_is_refused_before_the_work(runtime_assets, davis: Path, tmp_path: Path, monkeypatch) -> None:
     import eamstcn.runtime.engines.factory as factory
 
     def never(*args, **kwargs):
@@ -43,7 +42,7 @@ def test_out_that_is_a_file_is_refused_before_the_work(runtime_assets, davis: Pa
     assert_one_line_error(result, "300 bytes long")
 
 
-def test_a_failed_write_is_one_line_and_keeps_what_was_written(runtime_assets, davis: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+def test_a_failed_write_is_one_line_and_keeps_what_was_written(runtime_assets, davis: Path, tmp_path: Path, monkeypatch) -> None:
     import errno
 
     import eamstcn.runtime.evaluate as run_eval
@@ -67,14 +66,14 @@ def test_a_failed_write_is_one_line_and_keeps_what_was_written(runtime_assets, d
     assert not list(out.rglob("*.tmp"))
 
 
-def test_top_k_above_the_memory_is_refused(runtime_assets, davis: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_top_k_above_the_memory_is_refused(runtime_assets, davis: Path, tmp_path: Path) -> None:
     result = evaluate("--data", davis, "--engines", runtime_assets.engines, "--out", tmp_path / "o",
                       "--top-k", "100000", "--device", "cpu")
     assert_one_line_error(result, "--top-k 100000 is more than the memory holds")
     assert not list((tmp_path / "o").rglob("*.png"))
 
 
-def test_resolution_falls_back_to_the_only_folder(runtime_assets, davis: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_resolution_falls_back_to_the_only_folder(runtime_assets, davis: Path, tmp_path: Path) -> None:
     data = tmp_path / "d240"
     for side in ("JPEGImages", "Annotations"):
         shutil.copytree(davis / side / "480p", data / side / "240p")

@@ -18,16 +18,17 @@ import torch
 from typer.testing import CliRunner
 
 from eamstcn import ops
-from eamstcn.checkpoint import load_model, save_checkpoint
+from eamstcn.checkpoint import save_checkpoint
 from eamstcn.config import TINY
 from eamstcn.export.bundle import ExportConfig, ExportError, export_bundle
 from eamstcn.export.cli import app
-from eamstcn.export.fp16 import fp16_weight_count, fp32_weights
 from eamstcn.export.manifest import FORMAT_TAG, MANIFEST_NAME
 from eamstcn.export.parity import error_stats
 from eamstcn.graph_spec import GRAPH_IO, GRAPHS
 from eamstcn.network import EamStcn, others_from_masks
 from eamstcn.sizes import parse_size
+from tests.helpers.models import load_model
+from tests.helpers.onnx_checks import fp16_weight_count, fp32_weights
 
 SIZE = 64
 runner = CliRunner()

@@ -16,8 +16,7 @@ from eamstcn.export.calibration_source import ellipse_mask, load_calibration
 from eamstcn.export.errors import ExportError
 from eamstcn.export.int8_target import recipe
 from eamstcn.graph_spec import GRAPHS
-from tests.conftest_int8 import CALIBRATION_FRAMES, export_int8_bundle, int8_bundle  # noqa: F401
-from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets  # noqa: F401
+from tests.helpers.assets import CALIBRATION_FRAMES, FRAME_SIZE, RuntimeAssets, export_int8_bundle
 
 pytest.importorskip("onnxruntime.quantization")
 

@@ -17,8 +17,7 @@ from eamstcn.runtime.engines import factory
 from eamstcn.runtime.engines.base import EngineError, EngineSet
 from eamstcn.runtime.engines.factory import duplicate_installs, open_engines
 from eamstcn.runtime.manifest import load_manifest
-from tests.conftest_int8 import int8_bundle  # noqa: F401
-from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets, write_mask  # noqa: F401
+from tests.helpers.assets import FRAME_SIZE, RuntimeAssets, write_mask
 
 pytest.importorskip("onnxruntime.quantization")
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from eamstcn.data.davis_io import write_frame
 from eamstcn.runtime.cli import app
-from tests.conftest_runtime import RuntimeAssets, runtime_assets, write_mask  # noqa: F401
-from tests.test_run_cli import assert_one_line_error
+from tests.helpers.assets import RuntimeAssets, write_mask
+from tests.helpers.cli import assert_one_line_error
 
 
 def invoke(*args: object):
@@ -56,7 +56,7 @@ def test_int8_work_files_live_in_the_staging_folder(tmp_path: Path, monkeypatch:
     assert list(staging.iterdir()) == []  # removed on the way out
 
 
-def test_a_reused_output_folder_holds_only_this_runs_masks(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:  # noqa: F811
+def test_a_reused_output_folder_holds_only_this_runs_masks(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:
     from eamstcn.data.synth import generate_sequence
 
     clip = generate_sequence(seed=2, frames=6, height=64, width=64, objects=1)
@@ -74,7 +74,7 @@ def test_a_reused_output_folder_holds_only_this_runs_masks(runtime_assets: Runti
     assert len((out / "stats.csv").read_text().splitlines()) == 1 + 3
 
 
-def test_a_run_without_output_says_it_saves_nothing(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:  # noqa: F811
+def test_a_run_without_output_says_it_saves_nothing(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:
     from eamstcn.data.synth import generate_sequence
 
     clip = generate_sequence(seed=2, frames=3, height=64, width=64, objects=1)
@@ -86,7 +86,7 @@ def test_a_run_without_output_says_it_saves_nothing(runtime_assets: RuntimeAsset
     assert "no --output: masks, overlay.mp4 and stats.csv are not saved" in result.stderr
 
 
-def test_add_mask_beyond_max_frames_says_why(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:  # noqa: F811
+def test_add_mask_beyond_max_frames_says_why(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:
     mask = write_mask(tmp_path / "m.png", np.ones((64, 64), np.uint8))
     result = invoke("--frames", tmp_path, "--mask", mask, "--add-mask", f"50:{mask}", "--max-frames", "10",
                     "--engines", runtime_assets.engines, "--output", tmp_path / "out")
@@ -94,7 +94,7 @@ def test_add_mask_beyond_max_frames_says_why(runtime_assets: RuntimeAssets, tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_a_video_of_1x1_frames_is_refused(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:  # noqa: F811
+def test_a_video_of_1x1_frames_is_refused(runtime_assets: RuntimeAssets, tmp_path: Path) -> None:
     folder = tmp_path / "tiny"
     for t in range(3):
         write_frame(folder / f"{t:05d}.png", np.full((1, 1, 3), 128, np.uint8))

@@ -10,46 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest_runtime import runtime_assets, write_mask  # noqa: F401
-
-BLOCKED = ("timm", "albumentations", "pandas", "skimage", "onnx", "onnxslim", "matplotlib")
-#: What `pip install ".[cpu,headless]"` lacks: the libraries above, plus click (typer 0.2x
-#: vendors its own and no longer brings it; the dev install gets it through timm's hub).
-RUNTIME_ONLY_MISSING = (*BLOCKED, "click", "psutil")
-#: The console scripts, by module; every one must start (at least --help) on that install.
-ENTRY_MODULES = {
-    "eamstcn-run": "eamstcn.runtime.cli",
-    "eamstcn-export": "eamstcn.export.cli",
-    "eamstcn-eval": "eamstcn.runtime.eval_cli",
-    "eamstcn-bench": "eamstcn.bench.cli",
-    "eamstcn-train": "eamstcn.training.cli",
-    "eamstcn-synth": "eamstcn.data.synth_cli",
-}
-
-#: Runs ``sys.argv[1]``'s ``main()`` with the rest as its arguments, those libraries blocked.
-_RUNTIME_ONLY = textwrap.dedent(
-    f"""
-    import importlib, sys
-    from importlib.abc import MetaPathFinder
-
-    class Block(MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {RUNTIME_ONLY_MISSING!r}:
-                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-            return None
-
-    sys.meta_path.insert(0, Block())
-    module, prog = sys.argv[1], sys.argv[2]
-    sys.argv = [prog, *sys.argv[3:]]
-    importlib.import_module(module).main()
-    """
-)
-
-
-def run_runtime_only(prog: str, *args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``prog args`` as on the runtime-only install (the missing libraries blocked)."""
-    command = [sys.executable, "-c", _RUNTIME_ONLY, ENTRY_MODULES[prog], prog, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
+from tests.helpers.assets import write_mask
+from tests.helpers.runtime_only import BLOCKED, ENTRY_MODULES, run_runtime_only
 
 
 def test_runtime_imports_without_training_libraries() -> None:
@@ -193,7 +155,7 @@ def test_commands_needing_an_extra_say_which(prog: str, args: list[str], library
     assert not (tmp_path / "never-written").exists()
 
 
-def test_run_and_eval_work_on_the_runtime_only_install(runtime_assets, tmp_path: Path) -> None:  # noqa: F811
+def test_run_and_eval_work_on_the_runtime_only_install(runtime_assets, tmp_path: Path) -> None:
     """Exported engines run through eamstcn-run (video) and eamstcn-eval with none of the
     model, training or bench libraries (nor click) importable."""
     from eamstcn.data.davis_io import write_frame

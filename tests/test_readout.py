@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from eamstcn.ops import softmax_readout
-from eamstcn.runtime.readout import ReadoutBuffers, dense_readout, position_weight, topk_readout
+from eamstcn.runtime.readout import ReadoutBuffers, topk_readout
+from tests.helpers.readout_reference import dense_readout, position_weight
 
 
 def _read(keys, values, query, valid, top_k, **kwargs):

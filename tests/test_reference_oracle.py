@@ -16,7 +16,7 @@ from eamstcn import reference
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.session import Session
-from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, davis_root, runtime_assets  # noqa: F401
+from tests.helpers.assets import FRAME_SIZE, RuntimeAssets, davis_root
 
 FRAMES = 10
 SAVE_EVERY = 5
@@ -88,7 +88,7 @@ def test_session_matches_the_reference_loop(engines, clip: str, num_objects: int
 
 
 def test_the_network_runs_the_reference_as_its_exported_graphs(runtime_assets: RuntimeAssets, generated_clip) -> None:
-    from eamstcn.checkpoint import load_model
+    from tests.helpers.models import load_model
 
     frames, mask = generated_clip
     with open_engines(runtime_assets.engines, backend="onnxruntime", device="cpu") as exported:

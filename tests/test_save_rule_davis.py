@@ -1,10 +1,11 @@
 """The session stores exactly the frames the original EamStcn code stores on DAVIS-2016.
 
-../shared/fixtures/seed-save-rule lists, per sequence of ../shared/data/davis2016, the
-frames the original evaluator (adaptive rule, save_every 10, 480p padded to 480x864, one
-object) stores when its predictions are the ground truth. Here a Session runs the same
-frames with engines whose decoder returns the ground truth as +-100 logits
-(tests/gt_engines.py), so only the schedule and the save rule are under test.
+tests/fixtures/seed-save-rule lists, per DAVIS-2016 sequence, the frames the original
+evaluator (adaptive rule, save_every 10, 480p padded to 480x864, one object) stores when
+its predictions are the ground truth. Here a Session runs the same frames with engines
+whose decoder returns the ground truth as +-100 logits (tests/gt_engines.py), so only the
+schedule and the save rule are under test. The frames are not in the repository: those
+runs skip without them (``EAMSTCN_DAVIS`` or ../shared/data/davis2016).
 """
 
 from __future__ import annotations
@@ -19,20 +20,31 @@ import torch
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.session import Session
 from tests.gt_engines import GroundTruthEngines
+from tests.helpers.assets import davis_root
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATA = SHARED / "data" / "davis2016"
-FIXTURE = SHARED / "fixtures" / "seed-save-rule" / "davis2016_gt_saves.json"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "seed-save-rule" / "davis2016_gt_saves.json"
 FRAME_SIZE = (480, 854)
-
-pytestmark = [
-    pytest.mark.davis,
-    pytest.mark.skipif(not (DATA.is_dir() and FIXTURE.is_file()), reason="../shared/data/davis2016 or its fixture is absent"),
-]
+DATA = davis_root()
+needs_davis = pytest.mark.skipif(DATA is None, reason="the DAVIS-2016 frames are absent (EAMSTCN_DAVIS, ../shared/data/davis2016)")
 
 
 def _expected() -> dict[str, dict]:
-    return json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else {}
+    return json.loads(FIXTURE.read_text())
+
+
+def test_the_original_lists_follow_the_default_cooldown_and_period() -> None:
+    """Without video: in every list, the rule's saves (frame 0 is stored regardless and
+    starts no cooldown) are at least cooldown + 1 frames apart, and each multiple of
+    ``every`` is stored unless a save blocks it (SaveConfig's defaults)."""
+    config = SaveConfig(mode="adaptive", save_every=10)
+    for name, expected in _expected().items():
+        saved, last = expected["saved"], expected["frames"] - 1
+        assert saved[0] == 0 and saved == sorted(set(saved)) and saved[-1] < last, name
+        decided = saved[1:]
+        assert all(b - a > config.cooldown for a, b in zip(decided, decided[1:])), name
+        blocked = {t + gap for t in decided for gap in range(1, config.cooldown + 1)}
+        periodic = {t for t in range(config.every, last, config.every) if t not in blocked}
+        assert periodic <= set(saved), (name, sorted(periodic - set(saved)))
 
 
 def _load(name: str) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -53,6 +65,8 @@ def _cases() -> list:
 
 
 @pytest.mark.parametrize("name", _cases())
+@pytest.mark.davis
+@needs_davis
 def test_adaptive_rule_stores_the_original_frames(name: str) -> None:
     expected = _expected()[name]
     frames, truth = _load(name)

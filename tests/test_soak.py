@@ -14,7 +14,7 @@ import torch
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.session import Session
-from tests.conftest_runtime import FRAME_SIZE, runtime_assets  # noqa: F401
+from tests.helpers.assets import FRAME_SIZE
 
 psutil = pytest.importorskip("psutil")
 
@@ -29,7 +29,7 @@ def _rss_mb() -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_five_thousand_frames_stay_flat(runtime_assets, backend: str) -> None:  # noqa: F811
+def test_five_thousand_frames_stay_flat(runtime_assets, backend: str) -> None:
     from eamstcn.data.synth import generate_sequence
 
     clip = generate_sequence(11, frames=100, height=FRAME_SIZE[0], width=FRAME_SIZE[1], objects=2)
