@@ -2,7 +2,7 @@
 
 Reference and fallback: :mod:`eamstcn.runtime.readout` (the path CI runs). This kernel
 computes the same thing without ever writing the (M, N) affinity to memory, so the read
-stays flat as the memory grows (GPU.md: torch.topk over the memory axis is most of a
+stays flat as the memory grows (docs/GPU.md: torch.topk over the memory axis is most of a
 read and grows linearly with it).
 
 Two kernels. The memory axis is split into ``S`` ranges so that a read keeps every SM

@@ -1,4 +1,4 @@
-"""When to encode a frame into memory: the fixed and the motion-aware rule (DESIGN section 3).
+"""When to encode a frame into memory: the fixed and the motion-aware rule (docs/MEMORY.md).
 
 The whole rule runs on the device in preallocated buffers: the diffs, their rates of
 change, the trigger, the frame counter, the periodic rule and the cooldown. A decision is

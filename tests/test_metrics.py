@@ -233,7 +233,7 @@ def test_shifted_square_known_scores():
 
 
 def test_tolerance_and_disk():
-    assert boundary_tolerance((480, 854)) == 8  # DESIGN section 5: 8 px at 480p
+    assert boundary_tolerance((480, 854)) == 8  # docs/EVALUATION.md: 8 px at 480p
     assert boundary_tolerance((480, 854), bound_th=3) == 3
     d = disk(2)
     expected = np.array(

@@ -1,7 +1,7 @@
 """The save rule on synthetic frames whose pixel changes are known exactly.
 
 Frames are 100 x 100, so one changed pixel is 0.01 % and a diff of n pixels is n/100 %.
-Expected decisions are worked out by hand from DESIGN section 3 in the comments.
+Expected decisions are worked out by hand from docs/MEMORY.md in the comments.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluate a folder of predicted masks against DAVIS ground truth (semi-supervised).
 
-Layout, as the official DAVIS-2017 evaluation reads it (DESIGN.md section 5):
+Layout, as the official DAVIS-2017 evaluation reads it (docs/EVALUATION.md):
 
     gt_root/Annotations/<resolution>/<seq>/00000.png ...   ground truth
     pred_root/<seq>/00000.png ...                          predictions (indexed PNG ids)

@@ -2,10 +2,10 @@
 
 The definitions follow the official DAVIS-2017 evaluation code
 (``davisvideochallenge/davis2017-evaluation``: ``db_eval_iou``, ``f_measure``, ``_seg2bmap``,
-``db_statistics``) so that numbers are comparable with published results; see DESIGN.md
-section 5. This is an independent implementation using numpy and OpenCV only (no
-scikit-image at runtime), checked against a transcription of the official algorithm in
-``tests/test_metrics.py``.
+``db_statistics``) so that numbers are comparable with published results; the protocol is
+stated in docs/EVALUATION.md. This is an independent implementation using numpy and
+OpenCV only (no scikit-image at runtime), checked against a transcription of the
+official algorithm in ``tests/test_metrics.py``.
 
 Deliberate differences from the official code, none of which changes a DAVIS number:
   * void pixels are not supported: the official semi-supervised path maps the void label
