@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from eamstcn.data.davis_io import FRAME_EXTENSIONS
+from eamstcn.data.clip_reader import frame_files
 
 
 class LayoutError(ValueError):
@@ -40,10 +40,6 @@ class Video:
     @property
     def annotated(self) -> list[int]:
         return [i for i, mask in enumerate(self.masks) if mask is not None]
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS)
 
 
 def _frame_stride(frames: list[Path]) -> int:
@@ -70,7 +66,7 @@ def _resolution_folder(images: Path, annotations: Path, resolution: str | None) 
             return preferred
     # A DAVIS root with one resolution folder (e.g. 240p) holds sequence folders of
     # sequence folders; YouTube-VOS holds sequence folders of frames.
-    if len(shared) == 1 and not _images(images / shared[0]):
+    if len(shared) == 1 and not frame_files(images / shared[0]):
         return shared[0]
     return None
 
@@ -103,7 +99,7 @@ def find_videos(root: str | Path, resolution: str | None = None, exclude: tuple[
     for seq_dir in sorted(p for p in image_base.iterdir() if p.is_dir()):
         if seq_dir.name in exclude:
             continue
-        frames = _images(seq_dir)
+        frames = frame_files(seq_dir)
         if not frames:
             continue
         masks = tuple(
@@ -153,7 +149,7 @@ def find_stills(root: str | Path, resolution: str | None = None) -> list[tuple[P
     if (root / "images").is_dir() and (root / "masks").is_dir():
         pairs = [
             (image, root / "masks" / f"{image.stem}.png")
-            for image in _images(root / "images")
+            for image in frame_files(root / "images")
             if (root / "masks" / f"{image.stem}.png").is_file()
         ]
         if not pairs:
