@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from eamstcn.data.clip_reader import Clip, ClipError, ellipse_mask, read_clip
 
 
