@@ -158,9 +158,10 @@ def _read_video(video: str, count: int | None, min_frames: int) -> list[np.ndarr
 
 
 def ellipse_mask(height: int, width: int) -> np.ndarray:
-    """A centred ellipse (object id 1) covering about a sixth of the frame, (H, W) uint8:
-    the first mask of a clip without annotations, where what is marked does not matter
-    (INT8 calibration needs an object to track, the bench's speed does not depend on it)."""
+    """(H, W) uint8: a centred ellipse of object id 1 (semi-axes H/5 and W/6, about a tenth
+    of the frame), the first mask of a clip without annotations, where what is marked does
+    not matter (INT8 calibration needs an object to track; the bench's speed does not
+    depend on it)."""
     rows, cols = np.ogrid[:height, :width]
     inside = ((rows - height / 2) / (height / 5)) ** 2 + ((cols - width / 2) / (width / 6)) ** 2 <= 1.0
     return inside.astype(np.uint8)
