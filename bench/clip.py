@@ -23,7 +23,7 @@ def footage_clip(video: str | None, frames_dir: Path | None, mask: Path | None, 
     as ``eamstcn-run`` reads it: a lossy (JPEG) or anti-aliased mask and another aspect
     ratio are refused, the same aspect ratio at another size is resized."""
     from eamstcn.data.davis_io import read_user_mask
-    from eamstcn.runtime.runner import fit_mask
+    from eamstcn.runtime.mask_plan import fit_mask
 
     frames = read_clip(video, frames_dir, count)
     height, width = frames.shape[1:3]
