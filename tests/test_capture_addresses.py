@@ -22,7 +22,7 @@ from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.session import Session
 from eamstcn.runtime.step_core import Phase
-from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets  # noqa: F401
+from tests.helpers.assets import FRAME_SIZE, RuntimeAssets
 
 
 class StorageRecorder(TorchDispatchMode):

@@ -15,7 +15,7 @@ from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.session import Session, SessionError
 from eamstcn.runtime.step_core import Phase
 from eamstcn.runtime.timing import StageTimer
-from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets  # noqa: F401
+from tests.helpers.assets import FRAME_SIZE, RuntimeAssets
 
 
 def test_a_phase_runs_its_pieces_in_order_each_its_own_stage() -> None:

@@ -12,12 +12,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from eamstcn.data.davis_io import DAVIS_PALETTE, read_mask, write_frame
-from eamstcn.runtime.cli import app
-from tests.conftest_runtime import (  # noqa: F401
-    RuntimeAssets, copy_bundle, count_video_frames, davis_root, runtime_assets, write_mask)
+from tests.helpers.assets import RuntimeAssets, copy_bundle, count_video_frames, davis_root, write_mask
+from tests.helpers.cli import assert_one_line_error, invoke
 
 FRAMES = 12
 
@@ -45,18 +43,6 @@ def clip_files(clip, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         "square": write_mask(root / "square.png", np.ones((64, 64), dtype=np.uint8)),
         "empty": write_mask(root / "empty.png", np.zeros((64, 96), dtype=np.uint8)),
     }
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, contains: str, code: int = 2) -> None:
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("notice:", "progress:"))]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and contains in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 # --------------------------------------------------------------------------- runs

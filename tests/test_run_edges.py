@@ -22,9 +22,8 @@ from typer.testing import CliRunner
 from eamstcn.data.davis_io import read_mask, write_frame
 from eamstcn.runtime.cli import app
 from eamstcn.runtime.runner import RunOptions, run
-from tests.conftest_runtime import (  # noqa: F401
-    RuntimeAssets, copy_bundle, count_video_frames, runtime_assets, write_mask)
-from tests.test_run_cli import assert_one_line_error
+from tests.helpers.assets import RuntimeAssets, copy_bundle, count_video_frames, write_mask
+from tests.helpers.cli import assert_one_line_error
 
 FRAMES = 8
 

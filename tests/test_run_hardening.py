@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from eamstcn.data.davis_io import write_frame
 from eamstcn.runtime.cli import app
-from tests.conftest_runtime import RuntimeAssets, runtime_assets, write_mask  # noqa: F401
-from tests.test_run_cli import assert_one_line_error
+from tests.helpers.assets import RuntimeAssets, write_mask
+from tests.helpers.cli import assert_one_line_error
 
 FRAMES = 6
 
@@ -115,7 +115,7 @@ def test_sigterm_finishes_the_outputs_and_exits_143(sigterm_handled, runtime_ass
     import signal
 
     from eamstcn.runtime.session import Session
-    from tests.conftest_runtime import count_video_frames
+    from tests.helpers.assets import count_video_frames
 
     real_step = Session.step
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from eamstcn.data.davis_io import read_frame, read_mask, write_frame
-from tests.conftest_runtime import RuntimeAssets, runtime_assets  # noqa: F401
-from tests.test_run_cli import assert_one_line_error, invoke
+from tests.helpers.assets import RuntimeAssets
+from tests.helpers.cli import assert_one_line_error, invoke
 
 FRAMES = 8
 
@@ -81,7 +81,7 @@ def test_prompt_refusals(runtime_assets: RuntimeAssets, clip_folder, tmp_path: P
 
 def test_mask_and_box_together_refused(runtime_assets: RuntimeAssets, clip_folder, tmp_path: Path) -> None:
     folder, clip = clip_folder
-    from tests.conftest_runtime import write_mask
+    from tests.helpers.assets import write_mask
 
     mask = write_mask(tmp_path / "m.png", clip.masks[0])
     assert_one_line_error(invoke("--frames", folder, "--mask", mask, "--box", "1,1,20,20", "--engines", runtime_assets.engines),

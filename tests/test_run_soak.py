@@ -25,7 +25,7 @@ import pytest
 
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.runner import RunOptions, run
-from tests.conftest_runtime import runtime_assets, write_mask  # noqa: F401
+from tests.helpers.assets import write_mask
 
 SAMPLE_EVERY = 1000
 

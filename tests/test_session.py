@@ -9,7 +9,7 @@ import torch
 from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.session import STAGES, Session, SessionError
-from tests.conftest_runtime import RuntimeAssets, runtime_assets  # noqa: F401
+from tests.helpers.assets import RuntimeAssets
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from eamstcn.data.davis_io import read_mask, write_frame
 from eamstcn.runtime.sinks import STATS_COLUMNS, AsyncOutputWriter, Display, OutputError, OutputWriter, overlay
 from eamstcn.runtime.sources import FrameUploader, SourceError, open_source
 from eamstcn.runtime.timing import StepStats
-from tests.conftest_runtime import count_video_frames
+from tests.helpers.assets import count_video_frames
 
 
 class FakeCapture:

@@ -16,7 +16,7 @@ from eamstcn.runtime.config import MemoryConfig, SaveConfig
 from eamstcn.runtime.engines.binding import CopyBinding
 from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.session import Session
-from tests.conftest_runtime import FRAME_SIZE, RuntimeAssets, runtime_assets  # noqa: F401
+from tests.helpers.assets import FRAME_SIZE, RuntimeAssets
 from tests.gt_engines import GroundTruthEngines
 from tests.sync_guard import AllocationCounter, NestedHostReads, forbid_host_reads
 
