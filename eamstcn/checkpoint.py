@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from eamstcn import original_checkpoint
 from eamstcn.config import ModelConfig
 from eamstcn.fileio import atomic_target
 from eamstcn.fileio import file_sha256  # noqa: F401  (re-exported: export records checkpoint hashes)
+from eamstcn.notices import notice
 
 if TYPE_CHECKING:
     from eamstcn.network import EamStcn
@@ -142,7 +142,7 @@ def _converted_original(path: Path, state: dict[str, torch.Tensor]) -> Checkpoin
     # Under torchrun every rank loads the file; rank 0 speaks for all of them.
     if key not in _announced and os.environ.get("RANK", "0") == "0":
         _announced.add(key)
-        print(f"converted an original EamStcn checkpoint ({converted.summary}): {path}", file=sys.stderr)
+        notice(f"converted an original EamStcn checkpoint ({converted.summary}): {path}")
     return Checkpoint(
         config=converted.config,
         weights=converted.weights,

@@ -55,10 +55,24 @@ class MemoryConfig:
         if self.read_kernel not in ("auto", "torch", "triton"):
             raise ValueError(f"read_kernel must be 'auto', 'torch' or 'triton', got {self.read_kernel!r}")
 
+    def top_k_problem(self, latent: tuple[int, int]) -> str | None:
+        """Why ``top_k`` cannot work with (h, w) = ``latent`` positions per frame, else None.
+
+        Top-k runs over memory positions: frames held x h x w. A k above what the bank can
+        ever hold is a mistake, not a request to clamp (the line names the options).
+        """
+        positions = self.capacity * latent[0] * latent[1]
+        if self.top_k <= positions:
+            return None
+        return (
+            f"--top-k {self.top_k} is more than the memory holds: --memory-frames {self.capacity} x "
+            f"{latent[0]}x{latent[1]} positions per frame = {positions}; use --top-k {positions} or less (default 20)"
+        )
+
 
 @dataclass(frozen=True)
 class SaveConfig:
-    """When a frame is encoded into memory (DESIGN section 3).
+    """When a frame is encoded into memory (docs/MEMORY.md).
 
     ``fixed``: every ``every`` frames. ``adaptive``: the motion-aware rule; diffs are
     percentages of the padded pixel count, rocs are changes of those percentages
@@ -75,7 +89,7 @@ class SaveConfig:
     save_every: int | None = None
     # Frames blocked after a save: a save at t blocks t+1..t+cooldown. The original code's
     # ``max_save_rate = 4`` ("n+1 to force n frames") decrements before it checks, so it
-    # blocks 3 frames and t+4 may save (checked against ../shared/fixtures/seed-save-rule).
+    # blocks 3 frames and t+4 may save (checked against tests/fixtures/seed-save-rule).
     cooldown: int = 3
     image_threshold: float = 4.0
     mask_threshold: float = 0.99

@@ -155,7 +155,10 @@ def evaluate(options: EvalOptions, notify: Callable[[str], None] = print) -> Eva
             objects = int(np.count_nonzero(np.unique(first)))
             limit = engines.manifest.max_objects or max(DEFAULT_MAX_OBJECTS, objects)
             if not warmed:
-                _check_top_k(options.memory, engines.manifest.padded_size or padded_size(*(options.size or frames.shape[1:3]), STRIDE))
+                padded = engines.manifest.padded_size or padded_size(*(options.size or frames.shape[1:3]), STRIDE)
+                problem = options.memory.top_k_problem((padded[0] // STRIDE, padded[1] // STRIDE))
+                if problem is not None:
+                    raise EvalError(problem)
             session = Session(engines, options.memory, options.save, max_objects=limit)
             if not warmed:
                 # One untimed pass over a few frames: first calls pay for allocations.
@@ -192,16 +195,6 @@ def _resolution(root: Path, resolution: str | None) -> str:
     try:
         return _resolution_folder(images, annotations, None) or "480p"
     except LayoutError as error:
-        raise EvalError(str(error)) from None
-
-
-def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:
-    """The same bound as ``eamstcn-run``: k above the memory's positions is a mistake."""
-    from eamstcn.runtime.runner import RunError, _check_top_k as check
-
-    try:
-        check(memory, padded)
-    except RunError as error:
         raise EvalError(str(error)) from None
 
 

@@ -1,4 +1,4 @@
-"""Bounded, preallocated, device-resident key/value memory (DESIGN section 3).
+"""Bounded, preallocated, device-resident key/value memory (docs/MEMORY.md).
 
 Pure tensors: no files, no network, no numpy. Every buffer is allocated in the
 constructor; adding, reading and evicting write into them in place, so memory stays

@@ -28,7 +28,6 @@ from eamstcn.default_model import BundledModelError, BundledModelMissing, bundle
 from eamstcn.graph_spec import STRIDE
 from eamstcn.notices import notice
 from eamstcn.ops import padded_size
-from eamstcn.runtime.config import MemoryConfig
 from eamstcn.runtime.engines.base import EngineError, EngineSet
 from eamstcn.runtime.engines.factory import open_engines
 from eamstcn.runtime.manifest import EXPORT_HINT, ManifestError
@@ -256,7 +255,10 @@ def _open_session(
             f"--mask and --add-mask name {len(plan.ids)} objects; these engines take at most {limit} "
             f"(re-export with --max-objects {len(plan.ids)})"
         )
-    _check_top_k(options.memory, engines.manifest.padded_size or padded_size(*shape, STRIDE))
+    padded = engines.manifest.padded_size or padded_size(*shape, STRIDE)
+    problem = options.memory.top_k_problem((padded[0] // STRIDE, padded[1] // STRIDE))
+    if problem is not None:
+        raise RunError(problem)
     for item in plan.added:
         notify(item.describe())
     if options.output is None:  # a live run without it ends with nothing on disk: say so as it starts
@@ -276,18 +278,6 @@ def _notice_stretch(shape: tuple[int, int], engine_size: tuple[int, int] | None,
         notify(
             f"frames are {width}x{height} but the engines were exported for {engine_w}x{engine_h}: "
             "frames are stretched to fit (export with --size matching the source for best results)"
-        )
-
-
-def _check_top_k(memory: MemoryConfig, padded: tuple[int, int]) -> None:
-    """Top-k runs over memory positions: frames held x (H/16 x W/16) positions per frame.
-    A k above what the bank can ever hold is a mistake, not a request to clamp."""
-    height, width = padded[0] // STRIDE, padded[1] // STRIDE
-    positions = memory.capacity * height * width
-    if memory.top_k > positions:
-        raise RunError(
-            f"--top-k {memory.top_k} is more than the memory holds: --memory-frames {memory.capacity} x "
-            f"{height}x{width} positions per frame = {positions}; use --top-k {positions} or less (default 20)"
         )
 
 

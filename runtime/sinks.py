@@ -169,8 +169,8 @@ class OutputWriter:
             return
         self._video_tmp.unlink(missing_ok=True)
         self._notify(
-            f"overlay.mp4 could not be finished (the disk is full?): removed it rather than leave a file that "
-            f"cannot be played; the masks and stats.csv are kept"
+            "overlay.mp4 could not be finished (the disk is full?): removed it rather than leave a file that "
+            "cannot be played; the masks and stats.csv are kept"
         )
 
     def __enter__(self) -> OutputWriter:

@@ -140,7 +140,6 @@ def test_export_uses_the_bundled_model_when_given_none(bundled: Path, tmp_path: 
 
 
 def test_export_without_checkpoint_or_bundled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import eamstcn.export.bundle as export_bundle_module
     import eamstcn.export.cli as export_cli
 
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "none"))

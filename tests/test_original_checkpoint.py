@@ -177,7 +177,7 @@ def test_tiny_original_file_loads_to_the_same_network(tiny: EamStcn, tiny_origin
     for before, after in zip(network_outputs(tiny), network_outputs(restored), strict=True):
         assert torch.equal(before, after)  # shortcut/conv1 swapped would change every output
     lines = _converted_lines(capsys.readouterr().err)
-    assert lines == [f"{CONVERTED} (B0/B0, key dim 64, value dim 128, {len(tiny.state_dict())} tensors): {tiny_original}"]
+    assert lines == [f"notice: {CONVERTED} (B0/B0, key dim 64, value dim 128, {len(tiny.state_dict())} tensors): {tiny_original}"]
 
 
 # ----------------------------------------------------------------------------- refusals

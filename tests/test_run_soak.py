@@ -74,7 +74,7 @@ def _stats(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
-def test_camera_that_drops_and_returns_keeps_objects_and_memory(runtime_assets, clip, tmp_path: Path,  # noqa: F811
+def test_camera_that_drops_and_returns_keeps_objects_and_memory(runtime_assets, clip, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import eamstcn.runtime.sources as sources
     from eamstcn.runtime.session import Session
@@ -114,7 +114,7 @@ def _rss_mb(process) -> float:
 
 
 @pytest.mark.slow
-def test_soak_through_eamstcn_run_stays_flat(runtime_assets, clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_soak_through_eamstcn_run_stays_flat(runtime_assets, clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     psutil = pytest.importorskip("psutil")
     import eamstcn.runtime.sources as sources
     from eamstcn.runtime.session import Session
