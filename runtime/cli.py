@@ -87,8 +87,8 @@ def segment(
         memory = _config(MemoryConfig, capacity=memory_frames, top_k=top_k)
         save_config = _config(SaveConfig, mode=save.value, save_every=save_every)
         if demo:
-            if any(value is not None for value in (mask, camera, video, frames)) or add_mask:
-                raise RunError("--demo brings its own clip and first mask: drop --mask, --add-mask and the source")
+            if any(value is not None for value in (mask, camera, video, frames)) or add_mask or box or point or add_box:
+                raise RunError("--demo brings its own clip and first mask: drop --mask, --box, --point, --add-mask, --add-box and the source")
             _run_demo(output, checkpoint, engines, backend.value, device)
             return
         if snapshot is not None:

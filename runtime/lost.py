@@ -7,6 +7,7 @@ the segmentation loop gains no work, no device read and no allocation for it; on
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -30,13 +31,26 @@ class LostObjects:
         self._seen = np.zeros(256, bool)
         self._empty_for = np.zeros(256, np.int64)
         self._lost = np.zeros(256, bool)
+        # Frames at which a new stream starts (r in the window): appended by the loop's
+        # thread, consumed by the writer's (deque append/popleft are atomic).
+        self._restarts: deque[int] = deque()
 
     @property
     def lost_ids(self) -> tuple[int, ...]:
         return tuple(int(i) for i in np.flatnonzero(self._lost))
 
+    def restart(self, index: int) -> None:
+        """A new stream starts at frame ``index`` and its ids start again at 1: from that
+        frame on, ids seen before mean nothing. Safe to call from another thread than
+        :meth:`update`'s; takes effect when ``update`` reaches ``index``."""
+        self._restarts.append(index)
+
     def update(self, index: int, labels: np.ndarray) -> tuple[int, ...]:
         """One frame's labels (H, W) uint8 object ids -> the ids lost at this frame."""
+        while self._restarts and self._restarts[0] <= index:
+            self._restarts.popleft()
+            for state in (self._seen, self._empty_for, self._lost):
+                state[:] = 0
         present = np.bincount(labels.ravel(), minlength=256)[:256] > 0
         present[0] = False
         self._seen |= present

@@ -38,6 +38,7 @@ class RunOutputs:
         self.first_ids = first_ids
         self.notify = notify
         self._writer: AsyncOutputWriter | None = None
+        self._lost: LostObjects | None = None
 
     def submit(self, index: int, frame: np.ndarray, labels: torch.Tensor, stats: StepStats | None) -> None:
         """Frame (H, W, 3) uint8 RGB on the host; labels (H, W) uint8 ids on the device."""
@@ -47,10 +48,16 @@ class RunOutputs:
                 write_first_mask(self.folder, self.first_ids, self.notify)
         self._writer.submit(index, frame, labels, stats)
 
+    def restart(self, index: int) -> None:
+        """A new stream (new ids) starts at frame ``index``: lost-object tracking forgets the
+        old ids from that frame on."""
+        if self._lost is not None:
+            self._lost.restart(index)
+
     def _open(self) -> AsyncOutputWriter:
         try:
-            lost = LostObjects(self.lost_after, self.notify) if self.lost_after > 0 else None
-            sink = OutputWriter(self.folder, fps=self.fps, notify=self.notify, lost=lost)
+            self._lost = LostObjects(self.lost_after, self.notify) if self.lost_after > 0 else None
+            sink = OutputWriter(self.folder, fps=self.fps, notify=self.notify, lost=self._lost)
         except OSError as error:
             raise RunError(f"cannot write to --output {self.folder}: {error.strerror or error}") from None
         return AsyncOutputWriter(sink, self.device, max_pending=self.queue_size)

@@ -143,6 +143,8 @@ def _segment(
                 mask, restart = box_ids(frame, ("r in the window", restart, 1), notify), ()
                 if mask is not None:
                     session.reset()
+                    if outputs is not None:
+                        outputs.restart(index)
             else:
                 mask = plan.mask_at(index, frame, notify)
             probs = session.step(upload(frame), None if mask is None else torch.from_numpy(mask), is_last=is_last)

@@ -42,3 +42,16 @@ def test_stats_csv_records_lost_ids(tmp_path: Path) -> None:
             writer.write(t, frame, labels(*ids))
     rows = list(csv.DictReader(open(tmp_path / "stats.csv")))
     assert [row["lost"] for row in rows] == ["", "", "2", "1 2"]
+
+
+def test_a_restart_forgets_the_old_ids_from_its_frame_on() -> None:
+    """r in the window starts a new stream whose ids start at 1 again: an old id 2 that
+    the new stream does not have is not 'lost', and frames before the restart still count."""
+    said: list[str] = []
+    lost = LostObjects(after=2, notify=said.append)
+    lost.restart(3)  # told by the loop before the writer's thread reaches frame 3
+    assert [lost.update(t, labels(1, 2)) for t in range(2)] == [(), ()]
+    assert lost.update(2, labels(1)) == ()  # 2 empty for 1 frame, before the restart
+    assert [lost.update(t, labels(1)) for t in range(3, 8)] == [()] * 5  # 2 forgotten at frame 3
+    assert said == []
+    assert [lost.update(t, labels()) for t in (8, 9)] == [(), (1,)]  # the new stream's 1 still counts

@@ -93,3 +93,12 @@ def test_show_without_display_says_box_is_the_way(runtime_assets: RuntimeAssets,
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert_one_line_error(invoke("--frames", folder, "--show", "--engines", runtime_assets.engines), "pass --box X,Y,W,H")
+
+
+@pytest.mark.parametrize("args", [("--box", "1,1,10,10"), ("--point", "5,5"), ("--add-box", "3:1,1,10,10")])
+def test_demo_refuses_prompts(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """--demo brings its own first mask: a prompt beside it is a mistake, refused before
+    anything is generated."""
+    result = invoke("--demo", *args, "--output", tmp_path / "demo")
+    assert_one_line_error(result, "--demo brings its own clip and first mask")
+    assert not (tmp_path / "demo").exists()
