@@ -26,7 +26,7 @@ class RunOutputs:
 
     def __init__(
         self, folder: Path, fps: float | None, device: torch.device, *, queue_size: int, lost_after: int,
-        first_ids: np.ndarray | None, notify: Callable[[str], None],
+        first_ids: np.ndarray | None, notify: Callable[[str], None], overlay: bool = True,
     ) -> None:
         """``first_ids`` (H, W) uint8: a first mask derived from prompts, written beside the
         outputs for reuse with ``--mask``; None when the user gave the mask file."""
@@ -35,6 +35,7 @@ class RunOutputs:
         self.device = device
         self.queue_size = queue_size
         self.lost_after = lost_after
+        self.overlay = overlay
         self.first_ids = first_ids
         self.notify = notify
         self._writer: AsyncOutputWriter | None = None
@@ -57,7 +58,7 @@ class RunOutputs:
     def _open(self) -> AsyncOutputWriter:
         try:
             self._lost = LostObjects(self.lost_after, self.notify) if self.lost_after > 0 else None
-            sink = OutputWriter(self.folder, fps=self.fps, notify=self.notify, lost=self._lost)
+            sink = OutputWriter(self.folder, fps=self.fps, video=self.overlay, notify=self.notify, lost=self._lost)
         except OSError as error:
             raise RunError(f"cannot write to --output {self.folder}: {error.strerror or error}") from None
         return AsyncOutputWriter(sink, self.device, max_pending=self.queue_size)

@@ -114,7 +114,7 @@ def run(options: RunOptions, notify: Callable[[str], None] = notice) -> RunSumma
         if options.output is not None:
             outputs = stack.enter_context(RunOutputs(
                 options.output, source.info.fps, engines.device, queue_size=options.writer_queue,
-                lost_after=options.lost_after, first_ids=plan.first if options.mask is None else None, notify=notify,
+                lost_after=options.lost_after, overlay=options.overlay, first_ids=plan.first if options.mask is None else None, notify=notify,
             ))
 
         summary = RunSummary(backend=engines.describe())

@@ -89,6 +89,11 @@ class OutputWriter:
         if self._masks_dir is not None:
             self._masks_dir.mkdir(parents=True, exist_ok=True)
             self._clear_earlier_masks()
+        earlier_video = self.output_dir / "overlay.mp4"
+        if not video and earlier_video.is_file():
+            # It would pass for this run's video: an earlier run's, of other frames.
+            earlier_video.unlink()
+            self._notify(f"removed an earlier run's {earlier_video}: this run writes no overlay")
 
     def _clear_earlier_masks(self) -> None:
         """Masks an earlier run left in a reused folder would sit beside this run's shorter

@@ -66,6 +66,21 @@ def test_video_run_writes_masks_overlay_and_stats(runtime_assets: RuntimeAssets,
     assert f"frames: {FRAMES}" in result.stdout and "onnxruntime" in result.stdout and "frames stored: 4" in result.stdout
 
 
+def test_no_overlay_writes_masks_and_stats_only(runtime_assets: RuntimeAssets, clip_files, tmp_path: Path) -> None:
+    """--no-overlay: no overlay.mp4 (whose writer holds a per-frame index until it closes),
+    the same masks and stats.csv."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlay.mp4").write_bytes(b"an earlier run's video")
+    result = invoke("--video", clip_files["video"], "--mask", clip_files["mask"], "--engines", runtime_assets.engines,
+                    "--output", out, "--no-overlay")
+    assert result.exit_code == 0, result.output
+    assert "removed an earlier run's" in result.stderr
+    assert not (out / "overlay.mp4").exists() and not list(out.glob(".*"))  # no temporary left either
+    assert len(list((out / "masks").glob("*.png"))) == FRAMES
+    assert len(list(csv.DictReader(open(out / "stats.csv")))) == FRAMES
+
+
 def test_frames_checkpoint_added_object_and_resized_mask(runtime_assets: RuntimeAssets, clip, clip_files, tmp_path: Path) -> None:
     big_mask = write_mask(tmp_path / "big.png", np.repeat(np.repeat((clip.masks[0] == 1).astype(np.uint8), 2, 0), 2, 1))
     second = np.zeros((64, 96, 3), dtype=np.uint8)
