@@ -48,8 +48,8 @@ class RunOptions:
     add_boxes: tuple[AddBox, ...] = ()
     #: Frames an object's mask may stay empty before it is reported lost (needs ``output``).
     lost_after: int = DEFAULT_LOST_AFTER
-    #: Write overlay.mp4 in --output. Its writer keeps the mp4's per-frame index in memory
-    #: until the file closes (~75 bytes a frame): off for day-long recordings.
+    #: Write overlay.mp4 in --output. With it a run's memory grows ~75 bytes a frame (the
+    #: mp4's per-frame index, written when the file closes): off for day-long recordings.
     overlay: bool = True
     output: Path | None = None
     show: bool = False
